@@ -1,0 +1,199 @@
+"""Typed configuration: dataclasses with the paper's names, read from and written to TOML.
+
+A config file has one table per dataclass below; every key is optional and
+unknown keys or wrong types are errors::
+
+    [structure]
+    K = 50
+    D = 3
+    J = 3
+    [beam]
+    B = 25
+    [em]
+    alpha = 3e-5
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Literal
+
+import tomli_w
+
+from .errors import DRError
+
+
+@dataclass
+class StructureConfig:
+    """The K x D structure model (SPEC 2)."""
+
+    K: int = 50  # nodes per layer
+    D: int = 3  # layers
+    J: int = 3  # paths per item
+    hidden: tuple[int, ...] = (256,)  # hidden sizes of each layer's MLP (ReLU)
+
+
+@dataclass
+class EncoderConfig:
+    """User encoder: item embeddings + GRU (or mean-pool) over the behaviour sequence."""
+
+    kind: Literal["gru", "mean"] = "gru"
+    e: int = 64  # width of the user embedding = node embedding = reranker item embedding
+    item_dim: int = 64  # input item-embedding width
+    max_seq_len: int = 69  # most recent behaviours kept
+    shared: bool = False  # one encoder for the structure model and the reranker
+
+
+@dataclass
+class RerankerConfig:
+    """Softmax reranker trained with sampled softmax (SPEC 4)."""
+
+    negatives: int = 100  # sampled negatives per batch (shared across the batch)
+    sampling: Literal["unigram", "uniform"] = "unigram"  # with logQ correction
+    unigram_power: float = 0.75
+
+
+@dataclass
+class EMConfig:
+    """The M-step (SPEC 5)."""
+
+    S: int = 25  # candidate paths kept per item
+    alpha: float = 3e-5  # path-size penalty weight
+    penalty_power: float = 4.0  # f(|c|) = |c|^p / p
+    eta: float = 0.999  # streaming decay
+    T: int = 3  # coordinate-descent iterations
+    mstep_every: int = 0  # batches between M-steps; 0 = once per epoch (the paper)
+
+
+@dataclass
+class BeamConfig:
+    B: int = 25  # beam size at serving time
+
+
+@dataclass
+class TrainConfig:
+    epochs_joint: int = 2  # phase 1: DR and the softmax model together
+    epochs_dr: int = 2  # phase 2: softmax model frozen, DR goes on
+    batch_size: int = 256
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+    threads: int = 0  # torch threads; 0 = torch's default
+    max_examples_per_epoch: int = 0  # 0 = all; else a seeded random subset per epoch
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    structure: StructureConfig = field(default_factory=StructureConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    reranker: RerankerConfig = field(default_factory=RerankerConfig)
+    em: EMConfig = field(default_factory=EMConfig)
+    beam: BeamConfig = field(default_factory=BeamConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    # ------------------------------------------------------------------ I/O
+    @classmethod
+    def from_dict(cls, d: dict, where: str = "config") -> Config:
+        return _build(cls, d, where)
+
+    @classmethod
+    def from_toml(cls, path) -> Config:
+        path = Path(path)
+        if not path.is_file():
+            raise DRError(f"config file {path} not found")
+        try:
+            d = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise DRError(f"config file {path} is not valid TOML: {e}") from None
+        return cls.from_dict(d, str(path))
+
+    @classmethod
+    def builtin(cls, name: str) -> Config:
+        """A config that ships with the package (``configs/<name>.toml``)."""
+        f = resources.files("deep_retrieval") / "configs" / f"{name}.toml"
+        if not f.is_file():
+            raise DRError(f"no built-in config named {name!r}; see `dr configs`")
+        return cls.from_dict(tomllib.loads(f.read_text(encoding="utf-8")), f"built-in {name}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        d = self.to_dict()
+        for table in d.values():
+            for k, v in table.items():
+                if isinstance(v, tuple):
+                    table[k] = list(v)
+        return tomli_w.dumps(d)
+
+    def validate(self) -> Config:
+        s, e = self.structure, self.encoder
+        checks = [
+            (s.K >= 2, "structure.K must be >= 2"),
+            (s.D >= 1, "structure.D must be >= 1"),
+            (1 <= s.J <= s.K**s.D, "structure.J must be in [1, K^D]"),
+            (all(h > 0 for h in s.hidden), "structure.hidden sizes must be positive"),
+            (e.e > 0 and e.item_dim > 0, "encoder sizes must be positive"),
+            (e.max_seq_len >= 1, "encoder.max_seq_len must be >= 1"),
+            (self.reranker.negatives >= 1, "reranker.negatives must be >= 1"),
+            (self.em.S >= 1, "em.S must be >= 1"),
+            (self.em.alpha >= 0, "em.alpha must be >= 0"),
+            (self.em.penalty_power > 1, "em.penalty_power must be > 1 (f convex)"),
+            (0 <= self.em.eta <= 1, "em.eta must be in [0, 1]"),
+            (self.em.T >= 1, "em.T must be >= 1"),
+            (self.em.mstep_every >= 0, "em.mstep_every must be >= 0"),
+            (self.beam.B >= 1, "beam.B must be >= 1"),
+            (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
+            (self.train.lr > 0, "train.lr must be > 0"),
+            (self.train.epochs_joint >= 0 and self.train.epochs_dr >= 0, "epochs must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise DRError(f"invalid config: {msg}")
+        return self
+
+
+def _check_type(value, tp, where: str):
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise DRError(f"{where}: {value!r} is not one of {list(typing.get_args(tp))}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise DRError(f"{where}: expected a list, got {type(value).__name__}")
+        (inner, _ellipsis) = typing.get_args(tp)
+        return tuple(_check_type(v, inner, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        raise AssertionError("unions are not used in configs")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise DRError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _build(cls, d, where: str):
+    if not isinstance(d, dict):
+        raise DRError(f"{where}: expected a table")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise DRError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
+    kwargs = {}
+    for k, v in d.items():
+        tp = hints[k]
+        if dataclasses.is_dataclass(tp):
+            kwargs[k] = _build(tp, v, f"{where} [{k}]")
+        else:
+            kwargs[k] = _check_type(v, tp, f"{where} {k}")
+    obj = cls(**kwargs)
+    return obj.validate() if isinstance(obj, Config) else obj

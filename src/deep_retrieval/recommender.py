@@ -1,0 +1,66 @@
+"""The one recommender contract every model and baseline honours.
+
+    rec = SomeRecommender(...).fit(dataset)          # -> self
+    ids, scores = rec.recommend(histories, k)        # (n, k) int64, (n, k) float32
+    rec.save(dir); rec2 = SomeRecommender.load(dir)  # identical recommendations
+
+``histories`` is a ``Ragged`` or any sequence of item-index sequences (time-ordered,
+dense item indices). Rows with fewer than k recommendable items are padded with
+id -1 and score -inf. With ``exclude_history=True`` a user's history items are
+never recommended. After each call ``last_items_scored`` holds, per user, how many
+items the recommender scored (V for brute force, the candidate count for DR).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar, Self
+
+import numpy as np
+import torch
+
+from .data.dataset import Dataset, Ragged
+
+
+class Recommender(ABC):
+    name: ClassVar[str] = "recommender"
+    last_items_scored: np.ndarray | None = None
+
+    @abstractmethod
+    def fit(self, dataset: Dataset) -> Self: ...
+
+    @abstractmethod
+    def recommend(
+        self, histories, k: int, exclude_history: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    @abstractmethod
+    def save(self, path) -> None: ...
+
+    @classmethod
+    @abstractmethod
+    def load(cls, path) -> Self: ...
+
+
+def mask_history_(scores: torch.Tensor, hist: Ragged) -> torch.Tensor:
+    """Set ``scores[u, item] = -inf`` for every item in user u's history, in place."""
+    if len(hist.values):
+        rows = torch.from_numpy(hist.row_ids())
+        cols = torch.from_numpy(hist.values)
+        scores[rows, cols] = float("-inf")
+    return scores
+
+
+def topk_padded(scores: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each row of ``scores`` (n, V); ids -1 and score -inf where fewer than k are finite."""
+    n, V = scores.shape
+    kk = min(k, V)
+    vals, idx = torch.topk(scores, kk, dim=1)  # (n, kk)
+    ids = np.full((n, k), -1, dtype=np.int64)
+    out = np.full((n, k), -np.inf, dtype=np.float32)
+    v = vals.float().numpy()
+    i = idx.numpy()
+    finite = np.isfinite(v)
+    ids[:, :kk] = np.where(finite, i, -1)
+    out[:, :kk] = np.where(finite, v, -np.inf)
+    return ids, out
