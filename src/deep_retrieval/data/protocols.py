@@ -1,0 +1,297 @@
+"""Split protocols: turn ``Interactions`` into a prepared ``Dataset``. Fully vectorised.
+
+``user_split``  the paper's protocol (from TDM/JTM): filter, draw validation and test
+                users, split each evaluation user's time-ordered behaviours in half.
+``given_split`` fixed train/test files (KGAT/LightGCN style), with a validation split
+                held out of the training rows.
+
+Both return ``(Dataset, counts)``; ``Dataset.manifest["protocol"]`` describes what was
+done (filters, ordering, how validation was drawn) and ``counts`` holds the numbers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DRError
+from .dataset import Dataset, Ragged, Split
+from .readers import Interactions
+
+
+def _gather(values: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> Ragged:
+    """Rows ``values[starts[i] : starts[i] + lengths[i]]`` as one Ragged, vectorised."""
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    idx = np.arange(offsets[-1], dtype=np.int64) + np.repeat(starts - offsets[:-1], lengths)
+    return Ragged(values[idx].astype(np.int64, copy=False), offsets)
+
+
+def _factorize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(x, return_inverse=True)``, in O(n) for integer ids of moderate range."""
+    if x.dtype.kind in "iu" and len(x):
+        lo, hi = int(x.min()), int(x.max())
+        if hi - lo <= max(4 * len(x), 1 << 20):
+            present = np.zeros(hi - lo + 1, dtype=bool)
+            present[x - lo] = True
+            rank = np.cumsum(present, dtype=np.int64) - 1
+            return np.flatnonzero(present).astype(x.dtype) + lo, rank[x - lo]
+    uniq, inv = np.unique(x, return_inverse=True)
+    return uniq, inv.reshape(-1).astype(np.int64, copy=False)
+
+
+def _grouped(users: np.ndarray, items: np.ndarray, n_users: int, keys=None):
+    """Sort interactions by user (then by ``keys``), stably: file order breaks ties.
+
+    Returns ``(values, offsets, lengths)``: user u's items are ``values[offsets[u]:offsets[u+1]]``.
+    """
+    order = np.arange(len(users)) if keys is None else np.argsort(keys, kind="stable")
+    order = order[np.argsort(users[order], kind="stable")]
+    lengths = np.bincount(users, minlength=n_users).astype(np.int64)
+    offsets = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return items[order].astype(np.int64, copy=False), offsets, lengths
+
+
+def _half_split(values, offsets, lengths, users) -> Split:
+    """History = first floor(n/2) behaviours of each user, truth = the rest."""
+    n = lengths[users]
+    h = n // 2
+    return Split(
+        users=np.asarray(users, dtype=np.int64),
+        hist=_gather(values, offsets[users], h),
+        truth=_gather(values, offsets[users] + h, n - h),
+    )
+
+
+def user_split(
+    inter: Interactions,
+    *,
+    min_rating: float | None = None,
+    min_user_interactions: int = 10,
+    val_users: int = 1000,
+    test_users: int = 1000,
+    seed: int = 0,
+) -> tuple[Dataset, dict]:
+    """The paper's protocol (TDM/JTM): filter, draw evaluation users, split their sequences.
+
+    1. keep ``rating >= min_rating`` (None: 4.0 when the data has ratings, no filter when not);
+    2. keep users with ``>= min_user_interactions`` kept interactions;
+    3. dense ids: remaining items (and users) sorted by original id;
+    4. ``val_users`` and ``test_users`` disjoint random users (``default_rng(seed)``);
+       all others are training users, one training row each;
+    5. every user's behaviours sorted by time (stable: file order breaks ties; without a
+       time column file order is kept); an evaluation user's first floor(n/2) behaviours
+       are the history, the rest the ground truth.
+    """
+    if min_user_interactions < 2:
+        raise DRError(
+            f"min_user_interactions must be >= 2 so every evaluation user has a history and a "
+            f"ground truth (got {min_user_interactions})"
+        )
+    if val_users < 0 or test_users < 1:
+        raise DRError(f"need val_users >= 0 and test_users >= 1 (got {val_users}, {test_users})")
+    counts: dict = {"rows_read": len(inter)}
+    protocol: dict = {"name": "user-split"}
+
+    # 1. rating filter
+    keep = np.ones(len(inter), dtype=bool)
+    if inter.rating is None:
+        if min_rating is not None:
+            raise DRError(f"min_rating {min_rating} given but {inter.source} has no rating column")
+        protocol["rating_filter"] = "none (the data has no rating column)"
+    else:
+        threshold = 4.0 if min_rating is None else float(min_rating)
+        keep = inter.rating >= threshold
+        protocol["rating_filter"] = f"rating >= {threshold:g}" + (
+            " (default)" if min_rating is None else ""
+        )
+    counts["after_rating_filter"] = int(keep.sum())
+    if not keep.any():
+        raise DRError(
+            f"no interaction left after the filter {protocol['rating_filter']} "
+            f"({len(inter)} rows read)"
+        )
+
+    # 2. user filter
+    u_orig, u_inv = _factorize(inter.user[keep])
+    per_user = np.bincount(u_inv, minlength=len(u_orig))
+    counts["users_before_user_filter"] = len(u_orig)
+    big = per_user >= min_user_interactions
+    row_keep = np.flatnonzero(keep)[big[u_inv]]
+    protocol["user_filter"] = f"users with >= {min_user_interactions} kept interactions"
+    counts["after_user_filter"] = len(row_keep)
+    if len(row_keep) == 0:
+        raise DRError(
+            f"no user has >= {min_user_interactions} interactions after the filter "
+            f"{protocol['rating_filter']} (largest: {int(per_user.max())})"
+        )
+
+    # 3. dense ids over what remains
+    user_ids = u_orig[big]  # still sorted by original id
+    users = (np.cumsum(big, dtype=np.int64) - 1)[u_inv[big[u_inv]]]
+    item_ids, items = _factorize(inter.item[row_keep])
+    n_users = len(user_ids)
+    counts["users"], counts["items"] = n_users, len(item_ids)
+
+    # 4. evaluation users
+    if n_users < val_users + test_users + 1:
+        raise DRError(
+            f"only {n_users} users remain after the filters, but val_users {val_users} + "
+            f"test_users {test_users} + at least 1 training user are needed; "
+            "ask for fewer evaluation users"
+        )
+    perm = np.random.default_rng(seed).permutation(n_users)
+    val_u = np.sort(perm[:val_users])
+    test_u = np.sort(perm[val_users : val_users + test_users])
+    train_u = np.sort(perm[val_users + test_users :])
+    protocol["evaluation_users"] = (
+        f"{val_users} validation and {test_users} test users drawn without replacement by "
+        f"numpy default_rng({seed}).permutation; all other users train"
+    )
+
+    # 5. time order and the half split
+    times = None if inter.time is None else inter.time[row_keep]
+    values, offsets, lengths = _grouped(users, items, n_users, times)
+    protocol["order"] = (
+        "behaviours sorted by time, stable (equal times keep file order)"
+        if times is not None
+        else "no time column: behaviours kept in file order"
+    )
+    protocol["split"] = "evaluation user: history = first floor(n/2) behaviours, truth = the rest"
+    train = _gather(values, offsets[train_u], lengths[train_u])
+    val, test = (
+        _half_split(values, offsets, lengths, val_u),
+        _half_split(values, offsets, lengths, test_u),
+    )
+    ds = Dataset(
+        item_ids=item_ids,
+        user_ids=user_ids,
+        train=train,
+        train_users=train_u.astype(np.int64),
+        val=val,
+        test=test,
+        manifest={"protocol": protocol},
+    )
+    counts.update(_split_counts(ds))
+    return ds, counts
+
+
+def _split_counts(ds: Dataset) -> dict:
+    return {
+        "train_users": len(ds.train),
+        "train_interactions": int(len(ds.train.values)),
+        "train_examples": int(len(ds.train.values) - int((ds.train.lengths > 0).sum())),
+        "val_users": len(ds.val),
+        "val_history_items": int(len(ds.val.hist.values)),
+        "val_truth_items": int(len(ds.val.truth.values)),
+        "test_users": len(ds.test),
+        "test_history_items": int(len(ds.test.hist.values)),
+        "test_truth_items": int(len(ds.test.truth.values)),
+    }
+
+
+def given_split(
+    train_inter: Interactions,
+    test_inter: Interactions,
+    *,
+    val_users: int = 1000,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+) -> tuple[Dataset, dict]:
+    """Fixed train/test files (KGAT/LightGCN style); no filter is applied.
+
+    Dense user and item ids cover the union of both files (sorted by original id).
+    Test split: every user with >= 1 test item; history = all the user's training items
+    in file order, truth = the test items. Validation: ``val_users`` random users with
+    >= 5 training items (``default_rng(seed)``); for each, a random ``val_fraction`` of the
+    training items (floor, at least 1) is the truth and the rest the history, and those
+    held-out items are removed from the user's training row. Training rows: every user's
+    remaining training items in file order (users left with none have no row).
+    """
+    if not 0.0 < val_fraction < 1.0:
+        raise DRError(f"val_fraction must be in (0, 1) (got {val_fraction})")
+    if val_users < 0:
+        raise DRError(f"val_users must be >= 0 (got {val_users})")
+    if (train_inter.user.dtype.kind == "U") != (test_inter.user.dtype.kind == "U") or (
+        train_inter.item.dtype.kind == "U"
+    ) != (test_inter.item.dtype.kind == "U"):
+        raise DRError("train and test files disagree: ids are numbers in one and text in the other")
+    n_tr = len(train_inter)
+    counts: dict = {"train_rows_read": n_tr, "test_rows_read": len(test_inter)}
+    user_ids, users = _factorize(np.concatenate([train_inter.user, test_inter.user]))
+    item_ids, items = _factorize(np.concatenate([train_inter.item, test_inter.item]))
+    n_users = len(user_ids)
+    counts["users"], counts["items"] = n_users, len(item_ids)
+
+    tr_vals, tr_off, tr_len = _grouped(users[:n_tr], items[:n_tr], n_users)
+    te_vals, te_off, te_len = _grouped(users[n_tr:], items[n_tr:], n_users)
+
+    # test: every user with a test item; history = all training items
+    test_u = np.flatnonzero(te_len > 0)
+    test = Split(
+        users=test_u.astype(np.int64),
+        hist=_gather(tr_vals, tr_off[test_u], tr_len[test_u]),
+        truth=_gather(te_vals, te_off[test_u], te_len[test_u]),
+    )
+
+    # validation: hold out a random fraction of some users' training items
+    eligible = np.flatnonzero(tr_len >= 5)
+    counts["val_eligible_users"] = len(eligible)
+    if len(eligible) < val_users:
+        raise DRError(
+            f"only {len(eligible)} users have >= 5 training items, fewer than val_users "
+            f"{val_users}; ask for fewer validation users"
+        )
+    rng = np.random.default_rng(seed)
+    val_u = np.sort(rng.choice(eligible, size=val_users, replace=False)).astype(np.int64)
+    n = tr_len[val_u]
+    n_hold = np.maximum(1, np.floor(val_fraction * n).astype(np.int64))
+    row_of = np.repeat(np.arange(len(val_u)), n)  # val row of each of their training positions
+    pos = np.arange(n.sum(), dtype=np.int64) + np.repeat(tr_off[val_u] - np.cumsum(n) + n, n)
+    # random rank of each position inside its user: held out when rank < n_hold
+    order = np.lexsort((rng.random(len(pos)), row_of))
+    rank = np.empty(len(pos), dtype=np.int64)
+    rank[order] = np.arange(len(pos)) - np.repeat(np.cumsum(n) - n, n)
+    held = rank < n_hold[row_of]
+    val = Split(
+        users=val_u,
+        hist=Ragged.from_lengths(tr_vals[pos[~held]], n - n_hold),
+        truth=Ragged.from_lengths(tr_vals[pos[held]], n_hold),
+    )
+
+    # training rows: each user's training items minus the held-out ones, file order
+    keep = np.ones(len(tr_vals), dtype=bool)
+    keep[pos[held]] = False
+    row_len = tr_len.copy()
+    row_len[val_u] -= n_hold
+    train_u = np.flatnonzero(row_len > 0)
+    train = Ragged.from_lengths(tr_vals[keep], row_len[train_u])
+
+    protocol = {
+        "name": "given-split",
+        "filters": "none (the files' split is used as given)",
+        "order": "no time: each user's items keep their file order",
+        "test": "every user with >= 1 test item; history = all the user's training items, "
+        "truth = the test items",
+        "validation": (
+            f"{val_users} users drawn by numpy default_rng({seed}) among users with >= 5 "
+            f"training items; max(1, floor({val_fraction:g} * n)) random training items are "
+            "the truth, the rest the history; held-out items are removed from training rows "
+            "(test histories keep them)"
+        ),
+    }
+    ds = Dataset(
+        item_ids=item_ids,
+        user_ids=user_ids,
+        train=train,
+        train_users=train_u.astype(np.int64),
+        val=val,
+        test=test,
+        manifest={"protocol": protocol},
+    )
+    counts.update(_split_counts(ds))
+    counts["val_held_out_items"] = int(n_hold.sum())
+    counts["test_users_without_history"] = int((tr_len[test_u] == 0).sum())
+    return ds, counts

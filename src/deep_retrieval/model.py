@@ -1,0 +1,342 @@
+"""DeepRetrieval: the recommender that ties the parts together.
+
+    history -> encoder -> user embedding -> beam search over the K x D structure (B paths)
+            -> candidate items = union of the items on those paths (CSR path -> items)
+            -> rerank the candidates with the softmax model -> top-k
+
+``DRNet`` holds the trainable parts; ``DeepRetrieval`` adds the item -> paths
+assignment pi (V, J), the path index, the M-step's score table and the config, and
+honours the recommender contract (fit / recommend / save / load). Training lives in
+``train.py``.
+
+Artefact directory (written atomically; every file is checked on load):
+
+    config.toml         the Config
+    model.safetensors   DRNet weights + the assignment pi + the M-step score table
+    meta.json           format version, n_items, training log
+    item_ids.npy        original item id of each dense item (no pickle)
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from .artifacts import atomic_dir, read_json
+from .beam import beam_search
+from .config import Config
+from .data.dataset import Dataset, Ragged, as_ragged, pad_ragged
+from .encoder import UserEncoder
+from .errors import DRError
+from .mstep import ScoreTable
+from .paths import PathIndex
+from .recommender import Recommender
+from .reranker import Reranker
+from .structure import StructureModel, from_flat, to_flat
+
+FORMAT_VERSION = 1
+
+
+class DRNet(nn.Module):
+    """Encoder(s) + structure model + softmax reranker.
+
+    With ``encoder.shared`` one encoder feeds both heads; otherwise the structure model
+    and the reranker each have their own item embeddings and GRU (SPEC 5's reading of the
+    paper's freeze schedule).
+    """
+
+    def __init__(self, n_items: int, cfg: Config, item_counts: np.ndarray | None = None):
+        super().__init__()
+        e = cfg.encoder.e
+        self.shared = cfg.encoder.shared
+        self.enc_str = UserEncoder(n_items, cfg.encoder)
+        self.enc_rr = None if self.shared else UserEncoder(n_items, cfg.encoder)
+        self.structure = StructureModel(cfg.structure, e)
+        self.reranker = Reranker(n_items, e, cfg.reranker, item_counts)
+
+    def encode(self, hist: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """User embeddings for the structure model and the reranker: (batch, e) each."""
+        u_str = self.enc_str(hist, lengths)  # (batch, e)
+        u_rr = u_str if self.enc_rr is None else self.enc_rr(hist, lengths)  # (batch, e)
+        return u_str, u_rr
+
+    def encode_rr(self, hist: Tensor, lengths: Tensor) -> Tensor:
+        enc = self.enc_str if self.enc_rr is None else self.enc_rr
+        return enc(hist, lengths)  # (batch, e)
+
+    def softmax_params(self) -> list[nn.Parameter]:
+        """What phase 2 of the schedule freezes: the softmax model's parameters.
+
+        Separate encoders: the reranker's item embeddings and its whole encoder. Shared
+        encoder: the reranker's item embeddings and the shared encoder, so phase 2 trains
+        the structure model's MLPs and node embeddings only.
+        """
+        enc = self.enc_str if self.enc_rr is None else self.enc_rr
+        return list(self.reranker.parameters()) + list(enc.parameters())
+
+
+class DeepRetrieval(Recommender):
+    """Deep Retrieval (Gao et al. 2020) behind the recommender contract."""
+
+    name = "dr"
+
+    def __init__(self, config: Config | None = None):
+        self.config = (config or Config()).validate()
+        self.net: DRNet | None = None
+        self.assignment: np.ndarray | None = None  # (V, J) int64 flat path ids
+        self.scores: ScoreTable | None = None  # the M-step's streaming s[v, c]
+        self.item_ids: np.ndarray | None = None  # (V,) original ids
+        self.log: list[dict] = []  # one entry per epoch
+        self._index: PathIndex | None = None
+        self._tables: list[Tensor] | None = None
+
+    # ------------------------------------------------------------------ training
+    def fit(self, dataset: Dataset, log=print) -> Self:
+        from .train import fit
+
+        fit(self, dataset, log=log)
+        return self
+
+    def set_assignment(self, assignment: np.ndarray) -> None:
+        self.assignment = np.ascontiguousarray(assignment, dtype=np.int64)  # (V, J)
+        self._index = PathIndex(self.assignment)
+
+    def invalidate(self) -> None:
+        """Forget caches computed from the weights (call after a gradient step)."""
+        self._tables = None
+
+    # ------------------------------------------------------------------ inference
+    @property
+    def n_items(self) -> int:
+        self._check_fitted()
+        return self.net.reranker.n_items
+
+    def _check_fitted(self) -> None:
+        if self.net is None or self.assignment is None:
+            raise DRError("the DeepRetrieval model is not trained: call fit() or load()")
+
+    def _check_ids(self, hist: Ragged) -> None:
+        V = self.net.reranker.n_items
+        if len(hist.values) and (hist.values.min() < 0 or hist.values.max() >= V):
+            bad = hist.values[(hist.values < 0) | (hist.values >= V)][0]
+            raise DRError(f"history item index {bad} is outside [0, {V})")
+
+    def _padded(self, hist: Ragged, rows: np.ndarray) -> tuple[Tensor, Tensor]:
+        padded, lengths = pad_ragged(hist, self.config.encoder.max_seq_len, rows)
+        return torch.from_numpy(padded), torch.from_numpy(lengths)
+
+    def _prefix_tables(self) -> list[Tensor]:
+        if self._tables is None:
+            with torch.no_grad():
+                self._tables = self.net.structure.prefix_tables()
+        return self._tables
+
+    @torch.no_grad()
+    def user_embeddings(self, histories, which: str = "rr") -> np.ndarray:
+        """(n, e) float32 user embeddings: ``which`` = "rr" (reranker) or "str" (structure)."""
+        self._check_fitted()
+        hist = as_ragged(histories)
+        self._check_ids(hist)
+        self.net.eval()
+        out = []
+        for lo in range(0, len(hist), 4096):
+            h, lens = self._padded(hist, np.arange(lo, min(lo + 4096, len(hist))))
+            u_str, u_rr = self.net.encode(h, lens)
+            out.append((u_rr if which == "rr" else u_str).numpy())
+        e = self.config.encoder.e
+        return np.concatenate(out) if out else np.zeros((0, e), dtype=np.float32)
+
+    @torch.no_grad()
+    def beam_search(self, histories, B: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Top-B paths of each user: ``paths`` (n, B', D) int64 and ``logp`` (n, B')."""
+        self._check_fitted()
+        hist = as_ragged(histories)
+        self._check_ids(hist)
+        self.net.eval()
+        B = B or self.config.beam.B
+        h, lens = self._padded(hist, np.arange(len(hist)))
+        u_str, _ = self.net.encode(h, lens)
+        paths, logp = beam_search(self.net.structure, u_str, B, self._prefix_tables())
+        return paths.numpy(), logp.numpy()
+
+    @torch.no_grad()
+    def recommend(
+        self, histories, k: int, exclude_history: bool = False, B: int | None = None,
+        batch_size: int = 1024,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Beam search (B paths) -> candidates on those paths -> rerank -> top-k."""
+        self._check_fitted()
+        hist = as_ragged(histories)
+        self._check_ids(hist)
+        if k < 1:
+            raise DRError(f"k must be >= 1, got {k}")
+        self.net.eval()
+        B = B or self.config.beam.B
+        K = self.config.structure.K
+        n = len(hist)
+        ids = np.full((n, k), -1, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        scored = np.zeros(n, dtype=np.int64)
+        tables = self._prefix_tables()
+        for lo in range(0, n, batch_size):
+            rows = np.arange(lo, min(lo + batch_size, n))
+            h, lens = self._padded(hist, rows)
+            u_str, u_rr = self.net.encode(h, lens)  # (b, e) each
+            paths, _ = beam_search(self.net.structure, u_str, B, tables)  # (b, B', D)
+            cands = self._index.candidates(to_flat(paths, K).numpy())  # b rows of item ids
+            if exclude_history:
+                cands = _drop_history(cands, hist.take(rows))
+            scored[rows] = cands.lengths
+            width = max(int(cands.lengths.max(initial=0)), 1)
+            cand = torch.from_numpy(pad_ragged_values(cands, width))  # (b, m) padded -1
+            s = self.net.reranker.score(u_rr, cand)  # (b, m), -inf at pads
+            kk = min(k, width)
+            top_s, top_j = torch.topk(s, kk, dim=1)  # (b, kk)
+            top_ids = cand.gather(1, top_j)  # (b, kk)
+            finite = torch.isfinite(top_s)
+            ids[rows, :kk] = torch.where(finite, top_ids, -1).numpy()
+            scores[rows, :kk] = torch.where(finite, top_s, float("-inf")).numpy()
+        self.last_items_scored = scored
+        return ids, scores
+
+    def as_recommenders(self, with_hnsw: bool = False) -> dict[str, Recommender]:
+        """DR plus its brute-force twin (the same reranker over all items) and HNSW on it."""
+        from .baselines import HNSW, BruteForce
+
+        emb = self.net.reranker.item_embeddings()  # (V, e)
+        out: dict[str, Recommender] = {
+            "dr": self,
+            "brute-force": BruteForce(emb, encode=self.user_embeddings),
+        }
+        if with_hnsw:
+            out["hnsw"] = HNSW(emb, encode=self.user_embeddings).fit(None)
+        return out
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        self._check_fitted()
+        tensors = {f"net.{k}": v.detach().contiguous() for k, v in self.net.state_dict().items()}
+        tensors["assignment"] = torch.from_numpy(self.assignment)
+        if self.scores is not None:
+            tensors["scores.paths"] = torch.from_numpy(self.scores.paths)
+            tensors["scores.values"] = torch.from_numpy(self.scores.scores)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "n_items": int(self.net.reranker.n_items),
+            "log": self.log,
+        }
+        with atomic_dir(path) as tmp:
+            (tmp / "config.toml").write_text(self.config.to_toml())
+            save_file(tensors, str(tmp / "model.safetensors"))
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+            item_ids = self.item_ids if self.item_ids is not None else np.arange(len(self.assignment))
+            np.save(tmp / "item_ids.npy", np.asarray(item_ids), allow_pickle=False)
+
+    @classmethod
+    def load(cls, path) -> Self:
+        path = Path(path)
+        if not path.is_dir():
+            raise DRError(f"model directory {path} not found")
+        meta = read_json(path / "meta.json", "model meta")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise DRError(f"model {path}: format_version {meta.get('format_version')!r}, "
+                          f"expected {FORMAT_VERSION}")
+        cfg_file = path / "config.toml"
+        if not cfg_file.is_file():
+            raise DRError(f"model {path} has no config.toml")
+        try:
+            cfg = Config.from_dict(tomllib.loads(cfg_file.read_text()), str(cfg_file))
+        except tomllib.TOMLDecodeError as e:
+            raise DRError(f"model {path}: config.toml is not valid TOML: {e}") from None
+        weights = path / "model.safetensors"
+        if not weights.is_file():
+            raise DRError(f"model {path} has no model.safetensors")
+        try:
+            tensors = load_file(str(weights))
+        except Exception as e:  # safetensors raises its own error types on corrupt headers
+            raise DRError(f"model {path}: model.safetensors is corrupt ({e})") from None
+        V = int(meta.get("n_items", -1))
+        model = cls(cfg)
+        model.net = DRNet(V, cfg)
+        state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+        try:
+            model.net.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0]
+            raise DRError(f"model {path}: weights do not match config.toml ({first})") from None
+        if "assignment" not in tensors:
+            raise DRError(f"model {path}: model.safetensors lacks the path assignment")
+        pi = tensors["assignment"].numpy()
+        S = cfg.structure
+        if pi.shape != (V, S.J) or pi.min() < 0 or pi.max() >= S.K**S.D:
+            raise DRError(f"model {path}: path assignment of shape {pi.shape} does not match "
+                          f"n_items={V}, J={S.J}, K^D={S.K**S.D}")
+        model.set_assignment(pi)
+        if "scores.paths" in tensors:
+            model.scores = ScoreTable(tensors["scores.paths"].numpy(), tensors["scores.values"].numpy())
+        try:
+            model.item_ids = np.load(path / "item_ids.npy", allow_pickle=False)
+        except (FileNotFoundError, ValueError) as e:
+            raise DRError(f"model {path}: item_ids.npy missing or unreadable ({e})") from None
+        if len(model.item_ids) != V:
+            raise DRError(f"model {path}: item_ids.npy has {len(model.item_ids)} ids, expected {V}")
+        model.log = meta.get("log", [])
+        model.net.eval()
+        return model
+
+    # ------------------------------------------------------------------ helpers
+    def item_paths(self) -> np.ndarray:
+        """(V, J, D) the node of every layer on every path of every item."""
+        self._check_fitted()
+        S = self.config.structure
+        return from_flat(self.assignment, S.K, S.D)
+
+    def path_groups(self, relabel: np.ndarray | None = None) -> Ragged:
+        """The items of every non-empty path as rows of a Ragged (``relabel[item]`` if given)."""
+        self._check_fitted()
+        items = self._index.items if relabel is None else relabel[self._index.items]
+        return Ragged(items, self._index.indptr)
+
+    def dense_ids(self, original) -> np.ndarray:
+        """Map original item ids (as saved from the data set) to dense indices."""
+        self._check_fitted()
+        ids = self.item_ids
+        lookup = {str(x): i for i, x in enumerate(ids.tolist())}
+        out = []
+        for x in original:
+            if str(x) not in lookup:
+                raise DRError(f"item id {x!r} is not in the model's catalogue")
+            out.append(lookup[str(x)])
+        return np.asarray(out, dtype=np.int64)
+
+
+def pad_ragged_values(r: Ragged, width: int) -> np.ndarray:
+    """(n, width) int64: each row's values, padded with -1 (rows longer than width cut)."""
+    n = len(r)
+    out = np.full((n, width), -1, dtype=np.int64)
+    lengths = np.minimum(r.lengths, width)
+    col = np.arange(width)
+    valid = col[None, :] < lengths[:, None]  # (n, width)
+    idx = r.offsets[:-1, None] + col[None, :]  # (n, width)
+    out[valid] = r.values[idx[valid]]
+    return out
+
+
+def _drop_history(cands: Ragged, hist: Ragged) -> Ragged:
+    """Remove from each candidate row the items of the same row of ``hist`` (vectorised)."""
+    if len(hist.values) == 0 or len(cands.values) == 0:
+        return cands
+    base = int(max(cands.values.max(), hist.values.max())) + 1
+    hkeys = np.unique(hist.row_ids() * base + hist.values)
+    ckeys = cands.row_ids() * base + cands.values
+    keep = ~np.isin(ckeys, hkeys, assume_unique=False)
+    return Ragged.from_lengths(
+        cands.values[keep], np.bincount(cands.row_ids()[keep], minlength=len(cands))
+    )

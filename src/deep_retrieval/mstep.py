@@ -1,0 +1,389 @@
+"""The M-step (SPEC 5): path scores per item, their streaming estimate, and the
+penalised coordinate descent of Algorithm 2.
+
+Paths are flat int64 ids throughout (see ``paths.py``); nothing allocates an array
+of size K^D unless the ids in play are small (see ``coordinate_descent``).
+
+Ordering rule used everywhere a row of scores is ranked: score descending (as a
+float32, the stored precision), ties by path id ascending; empty slots (path -1,
+score 0) last.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from .paths import random_assignment
+
+_BLOCK = 1 << 16  # rows per block in the row-wise merges (bounds the temporaries)
+_DENSE_LIMIT = 1 << 25  # path ids below this index the size array directly
+
+
+@dataclass
+class ScoreTable:
+    """The top-S candidate paths of every item with their scores s[v, c].
+
+    ``paths`` (V, S) int64 flat ids, -1 = empty slot; ``scores`` (V, S) float32, 0 in
+    empty slots. Every row holds distinct paths, sorted by score descending (ties by
+    path id), empty slots last.
+    """
+
+    paths: np.ndarray  # (V, S) int64
+    scores: np.ndarray  # (V, S) float32
+
+    @staticmethod
+    def empty(V: int, S: int) -> ScoreTable:
+        return ScoreTable(np.full((V, S), -1, dtype=np.int64), np.zeros((V, S), dtype=np.float32))
+
+    @property
+    def V(self) -> int:
+        return self.paths.shape[0]
+
+    @property
+    def S(self) -> int:
+        return self.paths.shape[1]
+
+    def lengths(self) -> np.ndarray:
+        """(V,) number of filled slots per item."""
+        return (self.paths >= 0).sum(axis=1)
+
+
+# ----------------------------------------------------------------- collecting scores
+def _top_s(v: np.ndarray, c: np.ndarray, s: np.ndarray, V: int, S: int) -> ScoreTable:
+    """Table from distinct (item v, path c, score s) triples (U,) sorted by (v, c)."""
+    s32 = s.astype(np.float32)
+    if V < 2**31 and s32.min(initial=0) >= 0:  # one int64 key: item, then ~float bits
+        # (the bits of a float32 >= 0 order like the float; inverted: descending)
+        key = (v << 32) | (~s32.view(np.uint32)).astype(np.int64)
+        order = np.argsort(key, kind="stable")  # ties keep the input's path order
+    else:
+        order = np.lexsort((c, -s32, v))  # by item, score descending, path ascending
+    v, c, s32 = v[order], c[order], s32[order]
+    starts = np.zeros(V + 1, dtype=np.int64)
+    np.cumsum(np.bincount(v, minlength=V), out=starts[1:])
+    rank = np.arange(len(v), dtype=np.int64) - starts[v]  # (U,) rank within its item
+    keep = rank < S
+    out = ScoreTable.empty(V, S)
+    out.paths[v[keep], rank[keep]] = c[keep]
+    out.scores[v[keep], rank[keep]] = s32[keep]
+    return out
+
+
+def collect_scores(
+    targets: np.ndarray, paths: np.ndarray, probs: np.ndarray, V: int, S: int
+) -> ScoreTable:
+    """s'[v, c] = sum over examples i with target v of p(c | x_i), top S per item.
+
+    ``targets`` (N,) int64 items; ``paths`` (N, S') int64 flat ids that example i's
+    beam returned (-1 = none); ``probs`` (N, S') p(c | x_i) of those paths (entries
+    with p <= 0 are skipped). Sums are exact (float64) over the whole input before
+    the top-S cut. Vectorised: one sort of (v, c) keys and a reduceat. Memory is
+    about 40 bytes per (example, path) entry: feed chunks and ``merge_sum`` them when
+    N * S' is large.
+    """
+    targets = np.asarray(targets, dtype=np.int64)
+    paths = np.asarray(paths, dtype=np.int64)
+    probs = np.asarray(probs)
+    if paths.shape != probs.shape or paths.ndim != 2 or paths.shape[0] != len(targets):
+        raise ValueError(f"need targets (N,), paths and probs (N, S'); got "
+                         f"{targets.shape}, {paths.shape}, {probs.shape}")
+    if len(targets) and (targets.min() < 0 or targets.max() >= V):
+        raise ValueError(f"targets must lie in [0, {V})")
+    v = np.repeat(targets, paths.shape[1])  # (N*S',)
+    c = paths.reshape(-1)
+    p = probs.reshape(-1).astype(np.float64)
+    keep = (c >= 0) & (p > 0)
+    v, c, p = v[keep], c[keep], p[keep]
+    if len(v) == 0:
+        return ScoreTable.empty(V, S)
+    n_c = int(c.max()) + 1
+    if V * n_c < 2**62:
+        order = np.argsort(v * n_c + c)  # composite key, one sort
+    else:
+        order = np.lexsort((c, v))
+    v, c, p = v[order], c[order], p[order]
+    first = np.ones(len(v), dtype=bool)  # first entry of each (v, c) group
+    first[1:] = (v[1:] != v[:-1]) | (c[1:] != c[:-1])
+    starts = np.flatnonzero(first)
+    return _top_s(v[starts], c[starts], np.add.reduceat(p, starts), V, S)
+
+
+# ------------------------------------------------------------- merging two tables
+def _union_rows(
+    pa: np.ndarray, sa: np.ndarray, pb: np.ndarray, sb: np.ndarray,
+    wa: float, fill: np.ndarray, S: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise union of two lists per row, the S best kept.
+
+    For path c in row r of a (R, Sa) or b (R, Sb), the value is
+    ``wa * (sa[r, c] if c in a[r] else fill[r]) + (sb[r, c] if c in b[r] else 0)``,
+    computed in float64 and ranked as float32. Rows of a and of b hold distinct paths.
+    """
+    R, Sa = pa.shape
+    W = Sa + pb.shape[1]
+    big = np.iinfo(np.int64).max
+    p = np.concatenate([pa, pb], axis=1)  # (R, W)
+    x = np.concatenate([wa * sa.astype(np.float64), sb.astype(np.float64)], axis=1)  # (R, W)
+    p = np.where(p >= 0, p, big)
+    order = np.argsort(p, axis=1, kind="stable")  # by path; a's copy before b's
+    p = np.take_along_axis(p, order, axis=1)
+    x = np.take_along_axis(x, order, axis=1)
+    from_a = order < Sa  # (R, W)
+    valid = p != big
+    second = np.zeros((R, W), dtype=bool)  # b's copy of a path also in a
+    second[:, 1:] = (p[:, 1:] == p[:, :-1]) & valid[:, 1:]
+    x[:, :-1] += np.where(second[:, 1:], x[:, 1:], 0.0)  # both: wa * s + s'
+    only_b = valid & ~from_a & ~second
+    x += np.where(only_b, wa * fill[:, None], 0.0)  # only in b: wa * fill + s'
+    alive = valid & ~second
+    x32 = np.where(alive, x, -np.inf).astype(np.float32)
+    top = np.argsort(-x32, axis=1, kind="stable")[:, :S]  # ties keep path order
+    p = np.take_along_axis(p, top, axis=1)
+    x32 = np.take_along_axis(x32, top, axis=1)
+    ok = np.take_along_axis(alive, top, axis=1)
+    out_p = np.full((R, S), -1, dtype=np.int64)
+    out_s = np.zeros((R, S), dtype=np.float32)
+    w = top.shape[1]  # min(S, W)
+    out_p[:, :w] = np.where(ok, p, -1)
+    out_s[:, :w] = np.where(ok, x32, 0.0)
+    return out_p, out_s
+
+
+def _merge(a: ScoreTable, b: ScoreTable, wa: float, fill: np.ndarray, S: int) -> ScoreTable:
+    if a.V != b.V:
+        raise ValueError(f"tables cover different item counts: {a.V} and {b.V}")
+    out = ScoreTable.empty(a.V, S)
+    for lo in range(0, a.V, _BLOCK):
+        r = slice(lo, lo + _BLOCK)
+        out.paths[r], out.scores[r] = _union_rows(
+            a.paths[r], a.scores[r], b.paths[r], b.scores[r], wa, fill[r], S
+        )
+    return out
+
+
+def merge_sum(a: ScoreTable, b: ScoreTable, S: int | None = None) -> ScoreTable:
+    """Sum two chunk tables of the same window: s[v, c] = a[v, c] + b[v, c], top S.
+
+    Exact when each chunk kept every path of each item (at most S per item per chunk);
+    otherwise a path cut from one chunk's top S loses that chunk's share.
+    """
+    return _merge(a, b, 1.0, np.zeros(a.V), S or max(a.S, b.S))
+
+
+def streaming_update(
+    old: ScoreTable, new: ScoreTable, eta: float, S: int | None = None
+) -> ScoreTable:
+    """SPEC 5's streaming estimate, per item v (S defaults to ``old.S``)::
+
+        min_score = min of v's recorded scores (0 if v has no recorded entry)
+        in both:          eta * s + s'
+        only in new:      eta * min_score + s'
+        only in recorded: eta * s
+        keep the S largest (ties by path id)
+
+    So an item with no recorded list takes the new list as is, an item with no new
+    list decays, and a recorded list shorter than S takes its minimum over the
+    entries it has (the empty slots are not scores of 0).
+    """
+    rec = old.paths >= 0
+    min_score = np.where(rec, old.scores.astype(np.float64), np.inf).min(axis=1)  # (V,)
+    min_score[~rec.any(axis=1)] = 0.0
+    return _merge(old, new, float(eta), min_score, S or old.S)
+
+
+# ------------------------------------------------------------- coordinate descent
+@njit(cache=True)
+def _penalty_step(x, power):
+    """f(x + 1) - f(x) for f(x) = x^p / p; a polynomial for p = 4 and p = 2."""
+    if power == 4.0:
+        return ((x + 1.5) * x + 1.0) * x + 0.25
+    if power == 2.0:
+        return x + 0.5
+    return ((x + 1.0) ** power - x**power) / power
+
+
+@njit(cache=True)
+def _first_unsorted_row(scores):
+    """-1 if every row is sorted descending, else the first row that is not."""
+    V, S = scores.shape
+    for v in range(V):
+        for k in range(1, S):
+            if scores[v, k] > scores[v, k - 1]:
+                return v
+    return -1
+
+
+@njit(cache=True)
+def _cd_kernel(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, n_slots):
+    """Algorithm 2 on dense slots (see ``coordinate_descent``); returns (V, J) slots."""
+    V, S = cand.shape
+    sizes = np.zeros(n_slots, dtype=np.int64)
+    cur = np.empty((V, J), dtype=np.int64)  # during item v: new paths 0..j-1, old j..J-1
+    bound_pen = alpha * _penalty_step(0.0, power)  # the smallest penalty step
+    for t in range(T):
+        for v in range(V):
+            w = nv[v]
+            partial = 0.0
+            for j in range(J):
+                if t > 0:
+                    sizes[cur[v, j]] -= 1  # take v out of its old path j
+                best = -1
+                best_val = -np.inf
+                best_s = 0.0
+                if w > 0:
+                    for k in range(S):
+                        sc = np.float64(score[v, k])
+                        c = cand[v, k]
+                        if c < 0 or not sc > 0.0:
+                            break  # empty slots (and zero scores) are last
+                        gain = w * math.log(partial + sc)
+                        if gain - bound_pen <= best_val:
+                            break  # later slots have smaller scores: none can win
+                        taken = False
+                        for i in range(j):
+                            if cur[v, i] == c:
+                                taken = True
+                        if taken:
+                            continue
+                        val = gain - alpha * _penalty_step(np.float64(sizes[c]), power)
+                        if val > best_val:
+                            best, best_val, best_s = c, val, sc
+                if best < 0:  # no candidate left: previous paths, then reserve
+                    for i in range(2 * J):
+                        if i < J:
+                            c = prev[v, i]
+                        elif reserve_row[v] >= 0:
+                            c = reserve[reserve_row[v], i - J]
+                        else:
+                            break
+                        if c < 0:
+                            continue
+                        taken = False
+                        for i2 in range(j):
+                            if cur[v, i2] == c:
+                                taken = True
+                        if not taken:
+                            best = c
+                            break
+                    if best < 0:
+                        raise ValueError("coordinate descent: no path left to fill a slot")
+                cur[v, j] = best
+                partial += best_s
+                sizes[best] += 1
+    return cur
+
+
+def coordinate_descent(
+    table: ScoreTable,
+    N_v: np.ndarray,
+    prev: np.ndarray,
+    J: int,
+    alpha: float,
+    penalty_power: float,
+    T: int,
+    rng: np.random.Generator,
+    *,
+    n_paths: int | None = None,
+) -> np.ndarray:
+    """Algorithm 2 of the paper as printed in SPEC 5, exact and sequential (numba).
+
+    ``table`` (V, S) candidates per item, ``N_v`` (V,) occurrences, ``prev`` (V, J) the
+    current assignment (flat ids). Returns the new (V, J) int64 assignment.
+
+    Sizes start at 0. For t = 1..T, items in order 0..V-1, for j = 1..J: if t > 1 the
+    item leaves its path j of iteration t-1; then path j is the candidate c not
+    already chosen at this t maximising
+    ``N_v * log(partial + s[v, c]) - alpha * (f(|c| + 1) - f(|c|))``, f(x) = x^p / p
+    (the constant -log(partial) dropped; ties go to the earlier slot, i.e. the higher
+    score); then ``partial += s[v, c]`` and ``|c| += 1``. Slots with path -1 or score
+    <= 0 are never candidates.
+
+    Edge cases: an item with ``N_v <= 0`` or no candidates keeps ``prev``; an item with
+    fewer than J usable candidates fills its remaining slots with its ``prev`` paths not
+    already chosen, in order. Either way the kept/filled paths go through the same
+    leave/join bookkeeping when the item is visited, so every item counts exactly once
+    per path in the sizes seen by later items (from its visit in iteration 1 onwards).
+    Rows of ``prev`` without J distinct valid (>= 0) paths get J random distinct paths
+    from ``rng`` as a last resort after their valid ones; this needs ``n_paths``.
+
+    Sizes are indexed by the path id itself when every id in play is < 2^25, else by
+    its rank among the ids in play (np.unique); the result is the same. The scan over a
+    row stops once ``N_v * log(partial + s) - alpha * f'(0)`` cannot beat the best
+    value (rows are sorted by score), which changes no choice.
+    """
+    paths = np.ascontiguousarray(table.paths, dtype=np.int64)
+    scores = np.ascontiguousarray(table.scores, dtype=np.float32)
+    V, _ = paths.shape
+    prev = np.ascontiguousarray(prev, dtype=np.int64)
+    nv = np.ascontiguousarray(N_v, dtype=np.float64)
+    if prev.shape != (V, J) or nv.shape != (V,):
+        raise ValueError(f"need prev (V, J) = ({V}, {J}) and N_v ({V},); "
+                         f"got {prev.shape}, {nv.shape}")
+    if V == 0:
+        return prev.copy()
+    if T < 1 or J < 1:
+        raise ValueError(f"need T >= 1 and J >= 1, got T={T}, J={J}")
+    if min(int(paths.min(initial=0)), int(prev.min())) < -1:
+        raise ValueError("path ids must be >= 0 (or -1 for an empty slot)")
+    bad = _first_unsorted_row(scores)
+    if bad >= 0:
+        raise ValueError(f"score table row {bad} is not sorted by score descending")
+    # rows of prev without J distinct valid paths get a random reserve
+    sp = np.sort(prev, axis=1)
+    n_distinct = (sp >= 0).sum(axis=1) - ((sp[:, 1:] == sp[:, :-1]) & (sp[:, 1:] >= 0)).sum(1)
+    need = np.flatnonzero(n_distinct < J)
+    reserve_row = np.full(V, -1, dtype=np.int64)
+    reserve = np.zeros((0, J), dtype=np.int64)
+    if len(need):
+        if n_paths is None:
+            raise ValueError("prev has rows without J distinct paths: pass n_paths")
+        reserve = random_assignment(len(need), J, n_paths, rng)
+        reserve_row[need] = np.arange(len(need))
+    hi = max(int(paths.max(initial=-1)), int(prev.max()), int(reserve.max(initial=-1))) + 1
+    ids = None
+    if hi > _DENSE_LIMIT:  # map ids to dense slots 0..n-1 (-1 stays -1)
+        ids, inv = np.unique(
+            np.concatenate([paths.reshape(-1), prev.reshape(-1), reserve.reshape(-1)]),
+            return_inverse=True,
+        )
+        if ids[0] < 0:
+            ids, inv = ids[1:], inv - 1
+        n1, n2 = paths.size, prev.size
+        paths = inv[:n1].reshape(paths.shape)
+        prev = inv[n1 : n1 + n2].reshape(prev.shape)
+        reserve = inv[n1 + n2 :].reshape(reserve.shape)
+        hi = len(ids)
+    out = _cd_kernel(
+        paths, scores, nv, prev, reserve, reserve_row,
+        J, float(alpha), float(penalty_power), T, max(hi, 1),
+    )
+    return out if ids is None else ids[out]
+
+
+def penalised_objective(
+    table: ScoreTable, N_v: np.ndarray, assignment: np.ndarray, alpha: float, p: float
+) -> float:
+    """Q_pen's M-step surrogate of an assignment (V, J), vectorised::
+
+        sum_v N_v * log(sum_j s[v, pi_j(v)]) - alpha * sum_c f(|c|),  f(x) = x^p / p
+
+    s[v, c] is the table's score (0 for a path not in v's row); |c| counts the
+    assignment's items on c exactly. An item whose score sum is 0 (no scores, or
+    assigned only outside its candidates) contributes 0 to the first term instead of
+    -inf (or nan when N_v = 0).
+    """
+    a = np.asarray(assignment, dtype=np.int64)
+    nv = np.asarray(N_v, dtype=np.float64)
+    first = 0.0
+    for lo in range(0, len(a), _BLOCK):
+        r = slice(lo, lo + _BLOCK)
+        match = (table.paths[r][:, None, :] == a[r][:, :, None]) & (a[r][:, :, None] >= 0)
+        ssum = (match * table.scores[r][:, None, :].astype(np.float64)).sum(axis=(1, 2))
+        pos = ssum > 0
+        first += float((nv[r][pos] * np.log(ssum[pos])).sum())
+    _, counts = np.unique(a[a >= 0], return_counts=True)
+    return first - alpha * float((counts.astype(np.float64) ** p / p).sum())

@@ -1,0 +1,214 @@
+"""The EM loop (SPEC 5) and the paper's schedule.
+
+    pi <- random J distinct paths per item
+    for epoch in 1 .. epochs_joint + epochs_dr:
+        E-step: minibatches of (history, target); loss = -Q_str (multi-path) [+ -Q_softmax]
+                phase 1 (epochs_joint): structure model and softmax reranker together
+                phase 2 (epochs_dr):    the softmax model frozen (DRNet.softmax_params)
+        M-step: (once per epoch, or every em.mstep_every batches over the batches since)
+                beam search of width S per training example (no grad) -> s'[v, c]
+                s <- streaming_update(s, s', eta)
+                pi <- penalised coordinate descent (Algorithm 2)
+        log: Q_str, Q_softmax, penalty, path statistics, candidates per user, val recall
+
+Everything an epoch logs goes into ``model.log`` (saved with the model).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .beam import beam_search
+from .data.dataset import Dataset, pad_histories
+from .errors import DRError
+from .metrics import compute
+from .model import DeepRetrieval, DRNet
+from .mstep import ScoreTable, collect_scores, coordinate_descent, penalised_objective, streaming_update
+from .paths import path_stats, random_assignment
+from .structure import from_flat, to_flat
+
+SCORE_BATCH = 2048  # examples per no-grad beam-search batch in score collection
+
+
+class Examples:
+    """The training pairs of a Dataset: target = an item, input = the items before it."""
+
+    def __init__(self, ds: Dataset, max_len: int):
+        self.values = ds.train.values
+        self.pos = ds.example_positions()  # (N,) positions of targets in train.values
+        self.starts = ds.example_starts(self.pos)  # (N,) start of each target's row
+        self.targets = self.values[self.pos]  # (N,)
+        self.max_len = max_len
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(batch, L) histories padded -1, (batch,) lengths, (batch,) targets."""
+        hist, lengths = pad_histories(self.values, self.starts[idx], self.pos[idx], self.max_len)
+        return torch.from_numpy(hist), torch.from_numpy(lengths), torch.from_numpy(self.targets[idx])
+
+
+def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
+    cfg = model.config
+    S, E, T = cfg.structure, cfg.em, cfg.train
+    if T.threads:
+        torch.set_num_threads(T.threads)
+    torch.manual_seed(T.seed)
+    rng = np.random.default_rng(T.seed)
+    V, n_paths = ds.n_items, S.K**S.D
+    ex = Examples(ds, cfg.encoder.max_seq_len)
+    if len(ex) == 0:
+        raise DRError("the data set has no training examples (every training row is shorter than 2)")
+    counts = np.bincount(ex.targets, minlength=V)  # (V,) N_v over all training pairs
+
+    net = DRNet(V, cfg, item_counts=counts)
+    net.reranker.seed = T.seed
+    model.net = net
+    model.item_ids = ds.item_ids
+    model.set_assignment(random_assignment(V, S.J, n_paths, rng))  # (V, J)
+    model.scores = ScoreTable.empty(V, E.S)
+    model.log = []
+    opt = torch.optim.Adam(net.parameters(), lr=T.lr, weight_decay=T.weight_decay)
+    frozen = {id(p) for p in net.softmax_params()}
+
+    n_epochs = T.epochs_joint + T.epochs_dr
+    for epoch in range(n_epochs):
+        joint = epoch < T.epochs_joint
+        for p in net.parameters():
+            p.requires_grad_(joint or id(p) not in frozen)
+        order = rng.permutation(len(ex))
+        if T.max_examples_per_epoch:
+            order = order[: T.max_examples_per_epoch]
+        batches = np.array_split(order, max(1, -(-len(order) // T.batch_size)))
+
+        t0 = time.perf_counter()
+        t_m, window, sums = 0.0, [], {"str": 0.0, "sm": 0.0, "n": 0}
+        mstep_info: dict = {}
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{n_epochs} ({'joint' if joint else 'DR only'})",
+                   disable=not T.progress, leave=False, mininterval=1.0)
+        for step, idx in enumerate(bar, 1):
+            net.train()
+            hist, lengths, y = ex.batch(idx)
+            u_str, u_rr = net.encode(hist, lengths)  # (batch, e) each
+            paths = from_flat(torch.from_numpy(model.assignment[idx_targets(ex, idx)]), S.K, S.D)
+            loss_str = net.structure.multipath_loss(u_str, paths)  # () = -Q_str / batch
+            loss = loss_str
+            if joint:
+                loss_sm = net.reranker.sampled_softmax_loss(u_rr, y)  # () = -Q_softmax / batch
+                loss = loss + loss_sm
+                sums["sm"] += float(loss_sm) * len(idx)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            model.invalidate()
+            sums["str"] += float(loss_str) * len(idx)
+            sums["n"] += len(idx)
+            window.append(idx)
+            if step % 50 == 0:
+                bar.set_postfix(Q_str=f"{-sums['str'] / sums['n']:.3f}")
+            if E.mstep_every and step % E.mstep_every == 0:
+                tm = time.perf_counter()
+                mstep_info = m_step(model, ex, np.concatenate(window), counts_of(ex, window, V))
+                t_m += time.perf_counter() - tm
+                window = []
+        if not E.mstep_every or window:
+            tm = time.perf_counter()
+            mstep_info = m_step(model, ex, np.concatenate(window), counts_of(ex, window, V))
+            t_m += time.perf_counter() - tm
+        t_epoch = time.perf_counter() - t0
+
+        entry = {
+            "epoch": epoch + 1,
+            "phase": "joint" if joint else "dr",
+            "Q_str": -sums["str"] / max(sums["n"], 1),
+            "Q_softmax": (-sums["sm"] / max(sums["n"], 1)) if joint else None,
+            "examples": sums["n"],
+            "seconds_e_step": t_epoch - t_m,
+            "seconds_m_step": t_m,
+            **mstep_info,
+            "paths": path_stats(model.assignment, n_paths),
+        }
+        entry.update(_validate(model, ds))
+        model.log.append(entry)
+        log(_epoch_line(entry))
+    net.eval()
+    return model
+
+
+def idx_targets(ex: Examples, idx: np.ndarray) -> np.ndarray:
+    return ex.targets[idx]
+
+
+def counts_of(ex: Examples, window: list[np.ndarray], V: int) -> np.ndarray:
+    """(V,) N_v over the examples of the M-step's window."""
+    return np.bincount(ex.targets[np.concatenate(window)], minlength=V)
+
+
+@torch.no_grad()
+def m_step(model: DeepRetrieval, ex: Examples, idx: np.ndarray, N_v: np.ndarray) -> dict:
+    """Score collection over the window's examples, streaming update, coordinate descent."""
+    cfg = model.config
+    S, E = cfg.structure, cfg.em
+    net = model.net
+    net.eval()
+    V = len(N_v)
+    t0 = time.perf_counter()
+    tables = net.structure.prefix_tables()
+    flat_parts, prob_parts = [], []
+    for lo in range(0, len(idx), SCORE_BATCH):
+        b = idx[lo : lo + SCORE_BATCH]
+        hist, lengths, _ = ex.batch(b)
+        u_str = net.enc_str(hist, lengths)  # (b, e)
+        paths, logp = beam_search(net.structure, u_str, E.S, tables)  # (b, S', D), (b, S')
+        flat_parts.append(to_flat(paths, S.K).numpy())
+        prob_parts.append(logp.exp().numpy())
+    new = collect_scores(ex.targets[idx], np.concatenate(flat_parts), np.concatenate(prob_parts), V, E.S)
+    t1 = time.perf_counter()
+    model.scores = streaming_update(model.scores, new, E.eta)
+    rng = np.random.default_rng(cfg.train.seed + len(model.log) + 1)
+    pi = coordinate_descent(
+        model.scores, N_v, model.assignment, S.J, E.alpha, E.penalty_power, E.T, rng, n_paths=S.K**S.D
+    )
+    t2 = time.perf_counter()
+    model.set_assignment(pi)
+    obj = penalised_objective(model.scores, N_v, pi, E.alpha, E.penalty_power)
+    return {
+        "seconds_score_collection": t1 - t0,
+        "seconds_coordinate_descent": t2 - t1,
+        "penalised_objective": float(obj),
+        "penalty": float(E.alpha * _penalty(pi, E.penalty_power)),
+    }
+
+
+def _penalty(pi: np.ndarray, p: float) -> float:
+    """sum_c f(|c|) with f(x) = x^p / p over the assignment's exact path sizes."""
+    _, sizes = np.unique(pi, return_counts=True)
+    return float(np.sum(sizes.astype(np.float64) ** p / p))
+
+
+def _validate(model: DeepRetrieval, ds: Dataset, k: int = 10) -> dict:
+    """Recall@k of DR on the validation users, and its candidates per user."""
+    split = ds.val if len(ds.val) else ds.test
+    if len(split) == 0:
+        return {}
+    users = split.hist
+    ids, _ = model.recommend(users, k)
+    m = compute(ids, split.truth, [k])[k]
+    return {f"val_recall@{k}": m["recall"], "candidates_per_user": float(model.last_items_scored.mean())}
+
+
+def _epoch_line(e: dict) -> str:
+    p = e["paths"]
+    sm = f" Q_softmax {e['Q_softmax']:.3f}" if e["Q_softmax"] is not None else ""
+    val = "".join(f" {k} {v:.4f}" for k, v in e.items() if k.startswith("val_"))
+    return (
+        f"epoch {e['epoch']} [{e['phase']}] Q_str {e['Q_str']:.3f}{sm} penalty {e.get('penalty', 0):.3g}"
+        f" | paths non-empty {p['non_empty']} largest {p['largest']} mean {p['mean']:.1f}"
+        f" | candidates/user {e.get('candidates_per_user', float('nan')):.0f}{val}"
+        f" | E {e['seconds_e_step']:.1f}s M {e['seconds_m_step']:.1f}s"
+    )
