@@ -177,7 +177,13 @@ def build_methods(names: list[str], dataset: Dataset) -> dict[str, Recommender]:
         elif n in models:
             from .model import DeepRetrieval
 
-            recs = DeepRetrieval.load(n).as_recommenders(with_hnsw=_faiss_available())
+            model = DeepRetrieval.load(n)
+            if model.n_items != dataset.n_items:
+                raise DRError(
+                    f"model {n} was trained on {model.n_items} items but the data set has "
+                    f"{dataset.n_items}: evaluate a model on the data set it was trained on"
+                )
+            recs = model.as_recommenders(with_hnsw=_faiss_available())
             for key, rec in recs.items():
                 methods[key if len(models) == 1 else f"{Path(n).name}/{key}"] = rec
         else:

@@ -94,19 +94,21 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
         for step, idx in enumerate(bar, 1):
             net.train()
             hist, lengths, y = ex.batch(idx)
-            u_str, u_rr = net.encode(hist, lengths)  # (batch, e) each
-            paths = from_flat(torch.from_numpy(model.assignment[idx_targets(ex, idx)]), S.K, S.D)
-            loss_str = net.structure.multipath_loss(u_str, paths)  # () = -Q_str / batch
-            loss = loss_str
+            paths = from_flat(torch.from_numpy(model.assignment[ex.targets[idx]]), S.K, S.D)  # (b, J, D)
             if joint:
+                u_str, u_rr = net.encode(hist, lengths)  # (batch, e) each
+                loss_str = net.structure.multipath_loss(u_str, paths)  # () = -Q_str / batch
                 loss_sm = net.reranker.sampled_softmax_loss(u_rr, y)  # () = -Q_softmax / batch
-                loss = loss + loss_sm
-                sums["sm"] += float(loss_sm) * len(idx)
+                loss = loss_str + loss_sm
+                sums["sm"] += loss_sm.item() * len(idx)
+            else:  # phase 2: the softmax model is frozen and not even evaluated
+                u_str = net.enc_str(hist, lengths)  # (batch, e)
+                loss = loss_str = net.structure.multipath_loss(u_str, paths)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             model.invalidate()
-            sums["str"] += float(loss_str) * len(idx)
+            sums["str"] += loss_str.item() * len(idx)
             sums["n"] += len(idx)
             window.append(idx)
             if step % 50 == 0:
@@ -138,10 +140,6 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
         log(_epoch_line(entry))
     net.eval()
     return model
-
-
-def idx_targets(ex: Examples, idx: np.ndarray) -> np.ndarray:
-    return ex.targets[idx]
 
 
 def counts_of(ex: Examples, window: list[np.ndarray], V: int) -> np.ndarray:

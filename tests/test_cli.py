@@ -1,0 +1,166 @@
+"""The `dr` command end to end on tiny data: exit codes, one-line errors, no partial output."""
+
+import json
+import threading
+import urllib.error
+import urllib.request
+
+import numpy as np
+import pytest
+
+from deep_retrieval.cli import main
+from deep_retrieval.data.dataset import Dataset
+from deep_retrieval.model import DeepRetrieval
+from deep_retrieval.serve import make_server
+
+TINY = """
+[structure]
+K = 3
+D = 2
+J = 2
+hidden = [16]
+[encoder]
+kind = "mean"
+e = 8
+item_dim = 8
+[em]
+S = 4
+alpha = 1e-3
+[beam]
+B = 3
+[train]
+epochs_joint = 1
+epochs_dr = 1
+batch_size = 64
+progress = false
+"""
+
+
+def write_log(path, n_users=40, n_items=30, seed=0):
+    rng = np.random.default_rng(seed)
+    lines = ["user,item,rating,ts"]
+    for u in range(n_users):
+        for t, i in enumerate(rng.choice(n_items, size=rng.integers(12, 20), replace=False)):
+            lines.append(f"u{u},{100 + i},{rng.integers(3, 6)},{1000 + t}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("cli")
+    log = write_log(d / "log.csv")
+    assert main(["prepare", str(log), "--out", str(d / "data"), "--format", "csv",
+                 "--min-rating", "3", "--val-users", "5", "--test-users", "5"]) == 0
+    (d / "tiny.toml").write_text(TINY)
+    assert main(["train", str(d / "data"), "--config", str(d / "tiny.toml"),
+                 "--out", str(d / "model")]) == 0
+    return d
+
+
+def test_prepare_writes_a_dataset(workdir):
+    ds = Dataset.load(workdir / "data")
+    assert len(ds.val) == 5 and len(ds.test) == 5
+    assert ds.manifest["protocol"]
+
+
+def test_evaluate_json(workdir, capsys):
+    out = workdir / "res.json"
+    assert main(["evaluate", str(workdir / "data"), "--methods",
+                 f"{workdir / 'model'},item-cf,popularity", "--k", "3,5", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    methods = {(r["method"], r["k"]) for r in res["results"]}
+    for m in ("dr", "brute-force", "item-cf", "popularity"):
+        assert (m, 3) in methods and (m, 5) in methods
+    assert res["split"] == "test" and res["n_users"] == 5
+    assert "item-cf" in capsys.readouterr().out
+
+
+def test_retrieve_original_ids(workdir, capsys):
+    assert main(["retrieve", str(workdir / "model"), "--history", "101,102,103", "--k", "4",
+                 "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert 1 <= len(out["items"]) <= 4
+    model = DeepRetrieval.load(workdir / "model")
+    assert all(str(x["item"]) in set(map(str, model.item_ids.tolist())) for x in out["items"])
+
+
+def test_train_with_overrides(workdir):
+    out = workdir / "model2"
+    assert main(["train", str(workdir / "data"), "--config", str(workdir / "tiny.toml"),
+                 "--set", "structure.K=4", "--set", "train.epochs_dr=0", "--out", str(out)]) == 0
+    assert DeepRetrieval.load(out).config.structure.K == 4
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["prepare", "missing.csv", "--out", "{d}/x"], "not found"),
+        (["prepare", "{d}/log.csv", "--out", "{d}/x", "--protocol", "nope"], "unknown protocol"),
+        (["prepare", "{d}/log.csv", "--out", "{d}/x", "--format", "nope"], "unknown format"),
+        (["prepare", "{d}/log.csv", "--out", "{d}/x", "--val-users", "30", "--test-users", "30"],
+         "users"),
+        (["train", "{d}/nodata", "--out", "{d}/x"], "not found"),
+        (["train", "{d}/data", "--out", "{d}/x", "--config", "nope"], "no built-in config"),
+        (["train", "{d}/data", "--out", "{d}/x", "--set", "structure.Q=3"], "unknown key"),
+        (["train", "{d}/data", "--out", "{d}/x", "--set", "structure.K=abc"], "expected int"),
+        (["evaluate", "{d}/data", "--methods", "magic"], "unknown method"),
+        (["evaluate", "{d}/data", "--methods", "popularity", "--k", "a"], "integers"),
+        (["retrieve", "{d}/model", "--history", "99999"], "not in the model"),
+        (["retrieve", "{d}/nomodel", "--history", "1"], "not found"),
+    ],
+)
+def test_bad_inputs_exit_2_with_one_line(workdir, capsys, args, message):
+    args = [a.format(d=workdir) for a in args]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
+    assert not (workdir / "x").exists()
+
+
+def test_usage_error_exits_2(capsys):
+    assert main(["prepare"]) == 2
+    assert main(["no-such-command"]) == 2
+
+
+def test_help(capsys):
+    assert main(["--help"]) == 0
+    out = capsys.readouterr().out
+    for cmd in ("prepare", "synth", "train", "evaluate", "retrieve", "serve", "demo"):
+        assert cmd in out
+
+
+def test_serve(workdir):
+    model = DeepRetrieval.load(workdir / "model")
+    server = make_server(model, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.server_port}"
+
+    def post(body):
+        req = urllib.request.Request(base + "/recommend", data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    try:
+        with urllib.request.urlopen(base + "/health", timeout=10) as r:
+            assert json.loads(r.read())["n_items"] == model.n_items
+        status, out = post(json.dumps({"history": [101, 102], "k": 3}).encode())
+        assert status == 200 and 1 <= len(out["items"]) <= 3
+        ids, _ = model.recommend([model.dense_ids([101, 102])], 3)
+        assert out["items"] == model.item_ids[ids[0][ids[0] >= 0]].tolist()
+        status, out = post(json.dumps({"histories": [[0, 1], []], "k": 2, "dense": True}).encode())
+        assert status == 200 and len(out["results"]) == 2
+        for body in (b"{", b"[]", b'{"history": [1], "k": 0}', b'{"history": ["zzz"]}',
+                     b'{"k": 3}', b'{"history": [101], "extra": 1}', b'{"history": 5}'):
+            status, out = post(body)
+            assert status == 400 and "error" in out, body
+        status, _ = post(b"")
+        assert status == 400
+    finally:
+        server.shutdown()
+        server.server_close()
