@@ -164,3 +164,14 @@ def test_serve(workdir):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_synth_cli(tmp_path):
+    out = tmp_path / "syn"
+    assert main(["synth", "--out", str(out), "--items", "300", "--users", "200",
+                 "--interactions", "4000", "--val-users", "20", "--test-users", "20"]) == 0
+    ds = Dataset.load(out)
+    assert ds.n_items == 300 and len(ds.test) == 20
+    assert (out / "planted.npz").is_file()
+    assert main(["synth", "--out", str(tmp_path / "bad"), "--items", "0"]) == 2
+    assert not (tmp_path / "bad").exists()

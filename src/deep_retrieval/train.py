@@ -31,7 +31,7 @@ from .mstep import ScoreTable, collect_scores, coordinate_descent, penalised_obj
 from .paths import path_stats, random_assignment
 from .structure import from_flat, to_flat
 
-SCORE_BATCH = 2048  # examples per no-grad beam-search batch in score collection
+SCORE_BATCH = 512  # examples per no-grad beam-search batch in score collection
 
 
 class Examples:
