@@ -61,7 +61,8 @@ def main() -> None:
 
     rows = {(r["method"], r["k"]): r for r in res["results"]}
     ratios = {
-        f"dr_over_brute_force_recall@{k}": rows[("dr", k)]["recall"] / max(rows[("brute-force", k)]["recall"], 1e-12)
+        f"dr_over_brute_force_recall@{k}": rows[("dr", k)]["recall"]
+        / max(rows[("brute-force", k)]["recall"], 1e-12)
         for k in ks
     }
     last = model.log[-1]
@@ -109,10 +110,11 @@ def main() -> None:
     lines += [
         "",
         f"- training {train_s:.0f} s for {len(model.log)} epochs: E-steps {e_s:.0f} s, M-steps {m_s:.0f} s",
-        f"- DR recall / brute-force recall: "
+        "- DR recall / brute-force recall: "
         + ", ".join(f"@{k.split('@')[1]} {v:.3f}" for k, v in ratios.items()),
         f"- paths: {last['paths']['non_empty']} non-empty, largest {last['paths']['largest']}, "
-        f"mean {last['paths']['mean']:.1f}; DR scores {100 * out['candidates_share']:.1f}% of the corpus per user",
+        f"mean {last['paths']['mean']:.1f}; "
+        f"DR scores {100 * out['candidates_share']:.1f}% of the corpus per user",
     ]
     if planted is not None:
         lines.append(f"- path purity {out['path_purity']:.3f} (shuffled {out['path_purity_shuffled']:.3f})")
