@@ -110,8 +110,8 @@ def test_training_log(model):
         assert 0.0 <= e["val_recall@10"] <= 1.0
 
 
-def test_phase_two_freezes_the_softmax_model(data):
-    cfg = tiny_config(train__epochs_joint=1, train__epochs_dr=1)
+def weights_after_each_phase(cfg, data):
+    """The weights as the joint phase ends (logged after its last epoch) and at the end."""
     snap = {}
 
     def log(line):
@@ -120,7 +120,11 @@ def test_phase_two_freezes_the_softmax_model(data):
 
     dr = DeepRetrieval(cfg)
     dr.fit(data, log=log)
-    after = dr.net.state_dict()
+    return snap, dr.net.state_dict()
+
+
+def test_phase_two_freezes_the_softmax_model(data):
+    snap, after = weights_after_each_phase(tiny_config(), data)
     frozen = [k for k in after if k.startswith(("reranker.", "enc_rr."))]
     trained = [k for k in after if k.startswith(("structure.", "enc_str."))]
     assert frozen and trained
@@ -129,16 +133,7 @@ def test_phase_two_freezes_the_softmax_model(data):
 
 
 def test_shared_encoder_phase_two_trains_structure_only(data):
-    cfg = tiny_config(encoder__shared=True)
-    snap = {}
-
-    def log(line):
-        if "[joint]" in line:
-            snap.update({k: v.detach().clone() for k, v in dr.net.state_dict().items()})
-
-    dr = DeepRetrieval(cfg)
-    dr.fit(data, log=log)
-    after = dr.net.state_dict()
+    snap, after = weights_after_each_phase(tiny_config(encoder__shared=True), data)
     assert not any(k.startswith("enc_rr.") for k in after)
     for k in after:
         changed = not torch.equal(snap[k], after[k])

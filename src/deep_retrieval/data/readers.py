@@ -169,7 +169,7 @@ def read_ml100k(path) -> Interactions:
     """MovieLens 100K ``u.data``: ``user \\t item \\t rating \\t unix-time``, no header."""
     path = _check_file(path)
     df = _read_table(path, "ml-100k", separator="\t", has_header=False, quote_char=None)
-    _need_columns(path, df, 4, "user, item, rating, time", "\\t")
+    _need_columns(path, df, 4, "user, item, rating, time", "\t")
     c = df.columns
     return Interactions(
         user=_ids(path, df[c[0]], "user id", numeric=True),
@@ -394,7 +394,7 @@ def read_lastfm(path) -> Interactions:
     """
     path = _check_file(path)
     df = _read_table(path, "lastfm", separator="\t", has_header=False, quote_char=None)
-    _need_columns(path, df, 3, "user, artist, play count", "\\t")
+    _need_columns(path, df, 3, "user, artist, play count", "\t")
     c = df.columns
     first = str(df[c[0]][0]).strip().lower()
     if first == "userid":
