@@ -175,3 +175,15 @@ def test_synth_cli(tmp_path):
     assert (out / "planted.npz").is_file()
     assert main(["synth", "--out", str(tmp_path / "bad"), "--items", "0"]) == 2
     assert not (tmp_path / "bad").exists()
+
+
+def test_demo_quick(tmp_path):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    for f in ("report.md", "results.json", "paths.png", "training.png", "model/config.toml"):
+        assert (out / f).is_file(), f
+    res = json.loads((out / "results.json").read_text())
+    assert {r["method"] for r in res["results"]} == {"dr", "brute-force", "item-cf", "popularity"}
+    assert {r["k"] for r in res["results"]} == {10, 50}
+    assert 0 <= res["planted"]["path_purity"] <= 1
+    assert DeepRetrieval.load(out / "model").n_items == 1000

@@ -239,3 +239,29 @@ def test_brute_force_twin_uses_the_reranker(model, data):
     full = model.net.reranker.item_embeddings() @ u[0]
     ids, _ = bf.recommend([[1, 2, 3]], 4)
     np.testing.assert_array_equal(ids[0], np.argsort(-full, kind="stable")[:4])
+
+
+@pytest.mark.parametrize("every, expected", [(0, 2), (3, None)])
+def test_mstep_schedule(data, monkeypatch, every, expected):
+    """M-step once per epoch by default; every N batches (counted across epochs) otherwise."""
+    import deep_retrieval.train as train
+
+    sizes = []
+    real = train.m_step
+
+    def spy(model, ex, idx, N_v):
+        sizes.append(len(idx))
+        return real(model, ex, idx, N_v)
+
+    monkeypatch.setattr(train, "m_step", spy)
+    cfg = tiny_config(em__mstep_every=every)
+    DeepRetrieval(cfg).fit(data, log=quiet)
+    n_examples = len(data.example_positions())
+    per_epoch = -(-n_examples // cfg.train.batch_size)
+    if expected is not None:
+        assert sizes == [n_examples] * expected
+    else:
+        total = 2 * per_epoch
+        assert len(sizes) == -(-total // every)
+        assert sum(sizes) == 2 * n_examples
+        assert all(s <= every * cfg.train.batch_size for s in sizes)

@@ -77,6 +77,8 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
     frozen = {id(p) for p in net.softmax_params()}
 
     n_epochs = T.epochs_joint + T.epochs_dr
+    window: list[np.ndarray] = []  # example batches since the last M-step
+    step = 0  # batches since the start of training
     for epoch in range(n_epochs):
         joint = epoch < T.epochs_joint
         for p in net.parameters():
@@ -87,11 +89,12 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
         batches = np.array_split(order, max(1, -(-len(order) // T.batch_size)))
 
         t0 = time.perf_counter()
-        t_m, window, sums = 0.0, [], {"str": 0.0, "sm": 0.0, "n": 0}
+        t_m, sums = 0.0, {"str": 0.0, "sm": 0.0, "n": 0}
         mstep_info: dict = {}
         bar = tqdm(batches, desc=f"epoch {epoch + 1}/{n_epochs} ({'joint' if joint else 'DR only'})",
                    disable=not T.progress, leave=False, mininterval=1.0)
-        for step, idx in enumerate(bar, 1):
+        for idx in bar:
+            step += 1
             net.train()
             hist, lengths, y = ex.batch(idx)
             paths = from_flat(torch.from_numpy(model.assignment[ex.targets[idx]]), S.K, S.D)  # (b, J, D)
@@ -118,10 +121,11 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
                 mstep_info = m_step(model, ex, np.concatenate(window), counts_of(ex, window, V))
                 t_m += time.perf_counter() - tm
                 window = []
-        if not E.mstep_every or window:
+        if window and (not E.mstep_every or epoch == n_epochs - 1):  # per epoch, or the rest at the end
             tm = time.perf_counter()
             mstep_info = m_step(model, ex, np.concatenate(window), counts_of(ex, window, V))
             t_m += time.perf_counter() - tm
+            window = []
         t_epoch = time.perf_counter() - t0
 
         entry = {
