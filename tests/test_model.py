@@ -208,10 +208,11 @@ def test_exclude_history(model, data):
 
 def test_dense_ids(model):
     model.item_ids = np.array([f"i{j}" for j in range(model.n_items)])
+    model._lookup = None
     np.testing.assert_array_equal(model.dense_ids(["i3", "i0"]), [3, 0])
     with pytest.raises(DRError, match="not in the model"):
         model.dense_ids(["nope"])
-    model.item_ids = np.arange(model.n_items)
+    model.item_ids, model._lookup = np.arange(model.n_items), None
 
 
 def test_recovers_planted_clusters():

@@ -96,12 +96,14 @@ class DeepRetrieval(Recommender):
         self.log: list[dict] = []  # one entry per epoch
         self._index: PathIndex | None = None
         self._tables: list[Tensor] | None = None
+        self._lookup: dict[str, int] | None = None  # original id -> dense index
 
     # ------------------------------------------------------------------ training
     def fit(self, dataset: Dataset, log=print) -> Self:
         from .train import fit
 
         fit(self, dataset, log=log)
+        self._lookup = None
         return self
 
     def set_assignment(self, assignment: np.ndarray) -> None:
@@ -307,13 +309,13 @@ class DeepRetrieval(Recommender):
     def dense_ids(self, original) -> np.ndarray:
         """Map original item ids (as saved from the data set) to dense indices."""
         self._check_fitted()
-        ids = self.item_ids
-        lookup = {str(x): i for i, x in enumerate(ids.tolist())}
+        if self._lookup is None:  # built once: a server maps ids on every request
+            self._lookup = {str(x): i for i, x in enumerate(self.item_ids.tolist())}
         out = []
         for x in original:
-            if str(x) not in lookup:
+            if str(x) not in self._lookup:
                 raise DRError(f"item id {x!r} is not in the model's catalogue")
-            out.append(lookup[str(x)])
+            out.append(self._lookup[str(x)])
         return np.asarray(out, dtype=np.int64)
 
 
