@@ -5,7 +5,9 @@
         E-step: minibatches of (history, target); loss = -Q_str (multi-path) [+ -Q_softmax]
                 phase 1 (epochs_joint): structure model and softmax reranker together
                 phase 2 (epochs_dr):    the softmax model frozen (DRNet.softmax_params)
-        M-step: (once per epoch, or every em.mstep_every batches over the batches since)
+        M-step: once per epoch, or every em.mstep_every batches (counted across epochs; no
+                M-step for the batches after the last multiple), over the distinct examples
+                trained on since the previous M-step
                 beam search of width S per training example (no grad) -> s'[v, c]
                 s <- streaming_update(s, s', eta)
                 pi <- penalised coordinate descent (Algorithm 2)
@@ -118,12 +120,12 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
                 bar.set_postfix(Q_str=f"{-sums['str'] / sums['n']:.3f}")
             if E.mstep_every and step % E.mstep_every == 0:
                 tm = time.perf_counter()
-                mstep_info = m_step(model, ex, np.concatenate(window), counts_of(ex, window, V))
+                mstep_info = m_step(model, ex, *window_examples(ex, window, V))
                 t_m += time.perf_counter() - tm
                 window = []
-        if window and (not E.mstep_every or epoch == n_epochs - 1):  # per epoch, or the rest at the end
+        if not E.mstep_every:  # the paper: one M-step per epoch
             tm = time.perf_counter()
-            mstep_info = m_step(model, ex, np.concatenate(window), counts_of(ex, window, V))
+            mstep_info = m_step(model, ex, *window_examples(ex, window, V))
             t_m += time.perf_counter() - tm
             window = []
         t_epoch = time.perf_counter() - t0
@@ -146,9 +148,13 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
     return model
 
 
-def counts_of(ex: Examples, window: list[np.ndarray], V: int) -> np.ndarray:
-    """(V,) N_v over the examples of the M-step's window."""
-    return np.bincount(ex.targets[np.concatenate(window)], minlength=V)
+def window_examples(ex: Examples, window: list[np.ndarray], V: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct examples trained on since the last M-step, and N_v (V,) over them.
+
+    An M-step spanning several epochs scores each example once (with the current model).
+    """
+    idx = np.unique(np.concatenate(window))  # (n,)
+    return idx, np.bincount(ex.targets[idx], minlength=V)
 
 
 @torch.no_grad()
