@@ -264,3 +264,10 @@ def test_mstep_schedule(data, monkeypatch, every, expected):
     else:
         assert len(sizes) == (2 * per_epoch) // every
         assert all(s <= every * cfg.train.batch_size for s in sizes)
+
+
+def test_loaded_model_keeps_the_sampling_distribution(model, tmp_path):
+    model.save(tmp_path / "m")
+    loaded = DeepRetrieval.load(tmp_path / "m")
+    assert torch.equal(loaded.net.reranker.q, model.net.reranker.q)
+    assert int(loaded.net.item_counts.sum()) > 0

@@ -59,7 +59,10 @@ class DRNet(nn.Module):
         self.enc_str = UserEncoder(n_items, cfg.encoder)
         self.enc_rr = None if self.shared else UserEncoder(n_items, cfg.encoder)
         self.structure = StructureModel(cfg.structure, e)
-        self.reranker = Reranker(n_items, e, cfg.reranker, item_counts)
+        self.reranker = Reranker(n_items, e, cfg.reranker, item_counts, seed=cfg.train.seed)
+        counts = np.zeros(n_items, dtype=np.int64) if item_counts is None else item_counts
+        # N_v of the training data: saved with the weights so a loaded model samples the same Q
+        self.register_buffer("item_counts", torch.as_tensor(np.asarray(counts, dtype=np.int64)))
 
     def encode(self, hist: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """User embeddings for the structure model and the reranker: (batch, e) each."""
@@ -266,8 +269,9 @@ class DeepRetrieval(Recommender):
             raise DRError(f"model {path}: model.safetensors is corrupt ({e})") from None
         V = int(meta.get("n_items", -1))
         model = cls(cfg)
-        model.net = DRNet(V, cfg)
         state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
+        counts = state.get("item_counts")
+        model.net = DRNet(V, cfg, item_counts=None if counts is None else counts.numpy())
         try:
             model.net.load_state_dict(state, strict=True)
         except RuntimeError as e:

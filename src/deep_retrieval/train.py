@@ -69,7 +69,6 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
     counts = np.bincount(ex.targets, minlength=V)  # (V,) N_v over all training pairs
 
     net = DRNet(V, cfg, item_counts=counts)
-    net.reranker.seed = T.seed
     model.net = net
     model.item_ids = ds.item_ids
     model.set_assignment(random_assignment(V, S.J, n_paths, rng))  # (V, J)
