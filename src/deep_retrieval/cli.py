@@ -124,15 +124,31 @@ def _load_config(config: str | None, overrides: tuple[str, ...]):
               help="Override one config value, e.g. --set structure.K=100 (repeatable).")
 @click.option("--out", required=True, help="Model directory (written atomically).")
 def train(data, config, overrides, out) -> None:
-    """Train Deep Retrieval on a prepared data set."""
+    """Train Deep Retrieval on a prepared data set.
+
+    Data parallel on several processes or machines: `torchrun --nproc_per_node N -m
+    deep_retrieval.cli train ...` (gloo backend; rank 0 writes the model).
+    """
+    import os
+
+    import torch.distributed as dist
+
     from .data.dataset import Dataset
     from .model import DeepRetrieval
 
     cfg = _load_config(config, overrides)
     ds = Dataset.load(data)
-    model = DeepRetrieval(cfg).fit(ds, log=click.echo)
-    model.save(out)
-    click.echo(f"saved model to {out}")
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        dist.init_process_group("gloo")
+    try:
+        model = DeepRetrieval(cfg).fit(ds, log=click.echo)
+        if not distributed or dist.get_rank() == 0:
+            model.save(out)
+            click.echo(f"saved model to {out}")
+    finally:
+        if distributed:
+            dist.destroy_process_group()
 
 
 @cli.command()

@@ -14,6 +14,12 @@
         log: Q_str, Q_softmax, penalty, path statistics, candidates per user, val recall
 
 Everything an epoch logs goes into ``model.log`` (saved with the model).
+
+Data parallel (``torchrun --nproc_per_node N``, the process group initialised by the caller,
+e.g. `dr train`): every rank draws the same permutation and trains on its slice of each
+epoch, gradients are averaged with one all-reduce per step, and each M-step gathers the
+ranks' (target, path, probability) triples so that every rank runs the same streaming update
+and coordinate descent and so holds the same assignment.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import time
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .beam import beam_search
@@ -87,6 +94,8 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
         order = rng.permutation(len(ex))
         if T.max_examples_per_epoch:
             order = order[: T.max_examples_per_epoch]
+        rank, world = _rank_world()
+        order = order[rank : len(order) - len(order) % world : world]  # this rank's equal share
         batches = np.array_split(order, max(1, -(-len(order) // T.batch_size)))
 
         t0 = time.perf_counter()
@@ -110,6 +119,7 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
                 loss = loss_str = net.structure.multipath_loss(u_str, paths)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            _average_gradients(net)
             opt.step()
             model.invalidate()
             sums["str"] += loss_str.item() * len(idx)
@@ -142,7 +152,8 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
         }
         entry.update(_validate(model, ds))
         model.log.append(entry)
-        log(_epoch_line(entry))
+        if _rank_world()[0] == 0:
+            log(_epoch_line(entry))
     net.eval()
     return model
 
@@ -174,7 +185,13 @@ def m_step(model: DeepRetrieval, ex: Examples, idx: np.ndarray, N_v: np.ndarray)
         paths, logp = beam_search(net.structure, u_str, E.S, tables)  # (b, S', D), (b, S')
         flat_parts.append(to_flat(paths, S.K).numpy())
         prob_parts.append(logp.exp().numpy())
-    new = collect_scores(ex.targets[idx], np.concatenate(flat_parts), np.concatenate(prob_parts), V, E.S)
+    targets, flat, probs = ex.targets[idx], np.concatenate(flat_parts), np.concatenate(prob_parts)
+    if _rank_world()[1] > 1:  # every rank gets every rank's triples, and N_v over all of them
+        parts = [None] * _rank_world()[1]
+        dist.all_gather_object(parts, (targets, flat, probs))
+        targets, flat, probs = (np.concatenate(x) for x in zip(*parts, strict=True))
+        N_v = np.bincount(targets, minlength=V)
+    new = collect_scores(targets, flat, probs, V, E.S)
     t1 = time.perf_counter()
     model.scores = streaming_update(model.scores, new, E.eta)
     rng = np.random.default_rng(cfg.train.seed + len(model.log) + 1)
@@ -190,6 +207,23 @@ def m_step(model: DeepRetrieval, ex: Examples, idx: np.ndarray, N_v: np.ndarray)
         "penalised_objective": float(obj),
         "penalty": float(E.alpha * _penalty(pi, E.penalty_power)),
     }
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(net: torch.nn.Module) -> None:
+    """Data parallel: average every gradient over the ranks (a no-op on one process)."""
+    world = _rank_world()[1]
+    if world == 1:
+        return
+    for p in net.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad)
+            p.grad /= world
 
 
 def _penalty(pi: np.ndarray, p: float) -> float:
