@@ -165,6 +165,12 @@ def user_split(
         _half_split(values, offsets, lengths, val_u),
         _half_split(values, offsets, lengths, test_u),
     )
+    ds = _dataset(item_ids, user_ids, train, train_u, val, test, protocol, counts)
+    return ds, counts
+
+
+def _dataset(item_ids, user_ids, train, train_u, val, test, protocol: dict, counts: dict) -> Dataset:
+    """The Dataset both protocols return; adds the split sizes to ``counts``."""
     ds = Dataset(
         item_ids=item_ids,
         user_ids=user_ids,
@@ -175,7 +181,7 @@ def user_split(
         manifest={"protocol": protocol},
     )
     counts.update(_split_counts(ds))
-    return ds, counts
+    return ds
 
 
 def _split_counts(ds: Dataset) -> dict:
@@ -282,16 +288,7 @@ def given_split(
             "(test histories keep them)"
         ),
     }
-    ds = Dataset(
-        item_ids=item_ids,
-        user_ids=user_ids,
-        train=train,
-        train_users=train_u.astype(np.int64),
-        val=val,
-        test=test,
-        manifest={"protocol": protocol},
-    )
-    counts.update(_split_counts(ds))
+    ds = _dataset(item_ids, user_ids, train, train_u, val, test, protocol, counts)
     counts["val_held_out_items"] = int(n_hold.sum())
     counts["test_users_without_history"] = int((tr_len[test_u] == 0).sum())
     return ds, counts
