@@ -20,7 +20,7 @@ from safetensors.numpy import load_file, save_file
 from .artifacts import atomic_dir, atomic_write_json, read_json
 from .data.dataset import Dataset, Ragged, as_ragged
 from .errors import DRError
-from .recommender import Recommender, mask_history_, topk_padded
+from .recommender import Recommender, mask_history_, pairs_in_history, topk_padded
 
 META = "recommender.json"
 FAISS_MISSING = "hnsw needs the `ann` extra: pip install 'deep-retrieval[ann]'"
@@ -39,21 +39,10 @@ def _empty(k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.zeros((0, k), dtype=np.int64), np.zeros((0, k), dtype=np.float32)
 
 
-def _pairs_in_history(rows: np.ndarray, items: np.ndarray, hist: Ragged) -> np.ndarray:
-    """(m,) True where ``items[j]`` is in the history row ``rows[j]`` (items may be -1)."""
-    base = int(max(items.max(initial=-1), hist.values.max(initial=-1))) + 1
-    hkeys = np.unique(hist.row_ids() * base + hist.values)  # (|pairs|,) sorted
-    if len(hkeys) == 0:
-        return np.zeros(items.shape, dtype=bool)
-    keys = rows * base + np.maximum(items, 0)
-    pos = np.minimum(np.searchsorted(hkeys, keys), len(hkeys) - 1)
-    return (hkeys[pos] == keys) & (items >= 0)
-
-
 def _in_history(ids: np.ndarray, hist: Ragged) -> np.ndarray:
     """(n, W) True where ``ids[u, j]`` is an item of user u's history (ids may be -1)."""
     rows = np.broadcast_to(np.arange(ids.shape[0], dtype=np.int64)[:, None], ids.shape)
-    return _pairs_in_history(rows, ids, hist)
+    return pairs_in_history(rows, ids, hist)
 
 
 def _select_top(
@@ -272,7 +261,7 @@ class ItemCF(Recommender):
             keep = vals > 0
             scored[lo : lo + len(h)] = np.bincount(rows[keep], minlength=len(h))
             if exclude_history:
-                keep &= ~_pairs_in_history(rows, cols, h)
+                keep &= ~pairs_in_history(rows, cols, h)
             rows, cols, vals = rows[keep], cols[keep], vals[keep]
             order, rank = _rank_in_rows(rows, vals, len(h))
             top = rank < k

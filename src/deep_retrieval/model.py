@@ -37,7 +37,7 @@ from .encoder import UserEncoder
 from .errors import DRError
 from .mstep import ScoreTable
 from .paths import PathIndex
-from .recommender import Recommender
+from .recommender import Recommender, pairs_in_history
 from .reranker import Reranker
 from .structure import StructureModel, from_flat, to_flat
 
@@ -153,8 +153,8 @@ class DeepRetrieval(Recommender):
         out = []
         for lo in range(0, len(hist), 4096):
             h, lens = self._padded(hist, np.arange(lo, min(lo + 4096, len(hist))))
-            u_str, u_rr = self.net.encode(h, lens)
-            out.append((u_rr if which == "rr" else u_str).numpy())
+            enc = self.net.encode_rr if which == "rr" else self.net.enc_str
+            out.append(enc(h, lens).numpy())
         e = self.config.encoder.e
         return np.concatenate(out) if out else np.zeros((0, e), dtype=np.float32)
 
@@ -167,7 +167,7 @@ class DeepRetrieval(Recommender):
         self.net.eval()
         B = B or self.config.beam.B
         h, lens = self._padded(hist, np.arange(len(hist)))
-        u_str, _ = self.net.encode(h, lens)
+        u_str = self.net.enc_str(h, lens)  # (n, e)
         paths, logp = beam_search(self.net.structure, u_str, B, self._prefix_tables())
         return paths.numpy(), logp.numpy()
 
@@ -197,10 +197,14 @@ class DeepRetrieval(Recommender):
             paths, _ = beam_search(self.net.structure, u_str, B, tables)  # (b, B', D)
             cands = self._index.candidates(to_flat(paths, K).numpy())  # b rows of item ids
             if exclude_history:
-                cands = _drop_history(cands, hist.take(rows))
+                keep = ~pairs_in_history(cands.row_ids(), cands.values, hist.take(rows))
+                cands = Ragged.from_lengths(
+                    cands.values[keep], np.bincount(cands.row_ids()[keep], minlength=len(rows))
+                )
             scored[rows] = cands.lengths
-            width = max(int(cands.lengths.max(initial=0)), 1)
-            cand = torch.from_numpy(pad_ragged_values(cands, width))  # (b, m) padded -1
+            padded, _ = pad_ragged(cands, max_len=int(cands.lengths.max(initial=0)))
+            cand = torch.from_numpy(padded)  # (b, m) every candidate, padded -1
+            width = cand.shape[1]
             s = self.net.reranker.score(u_rr, cand)  # (b, m), -inf at pads
             kk = min(k, width)
             top_s, top_j = torch.topk(s, kk, dim=1)  # (b, kk)
@@ -321,28 +325,3 @@ class DeepRetrieval(Recommender):
                 raise DRError(f"item id {x!r} is not in the model's catalogue")
             out.append(self._lookup[str(x)])
         return np.asarray(out, dtype=np.int64)
-
-
-def pad_ragged_values(r: Ragged, width: int) -> np.ndarray:
-    """(n, width) int64: each row's values, padded with -1 (rows longer than width cut)."""
-    n = len(r)
-    out = np.full((n, width), -1, dtype=np.int64)
-    lengths = np.minimum(r.lengths, width)
-    col = np.arange(width)
-    valid = col[None, :] < lengths[:, None]  # (n, width)
-    idx = r.offsets[:-1, None] + col[None, :]  # (n, width)
-    out[valid] = r.values[idx[valid]]
-    return out
-
-
-def _drop_history(cands: Ragged, hist: Ragged) -> Ragged:
-    """Remove from each candidate row the items of the same row of ``hist`` (vectorised)."""
-    if len(hist.values) == 0 or len(cands.values) == 0:
-        return cands
-    base = int(max(cands.values.max(), hist.values.max())) + 1
-    hkeys = np.unique(hist.row_ids() * base + hist.values)
-    ckeys = cands.row_ids() * base + cands.values
-    keep = ~np.isin(ckeys, hkeys, assume_unique=False)
-    return Ragged.from_lengths(
-        cands.values[keep], np.bincount(cands.row_ids()[keep], minlength=len(cands))
-    )

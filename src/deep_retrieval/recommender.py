@@ -42,6 +42,17 @@ class Recommender(ABC):
     def load(cls, path) -> Self: ...
 
 
+def pairs_in_history(rows: np.ndarray, items: np.ndarray, hist: Ragged) -> np.ndarray:
+    """(m,) True where ``items[j]`` is in the history row ``rows[j]`` (items may be -1)."""
+    base = int(max(items.max(initial=-1), hist.values.max(initial=-1))) + 1
+    hkeys = np.unique(hist.row_ids() * base + hist.values)  # (|pairs|,) sorted
+    if len(hkeys) == 0:
+        return np.zeros(items.shape, dtype=bool)
+    keys = rows * base + np.maximum(items, 0)
+    pos = np.minimum(np.searchsorted(hkeys, keys), len(hkeys) - 1)
+    return (hkeys[pos] == keys) & (items >= 0)
+
+
 def mask_history_(scores: torch.Tensor, hist: Ragged) -> torch.Tensor:
     """Set ``scores[u, item] = -inf`` for every item in user u's history, in place."""
     if len(hist.values):
