@@ -234,7 +234,7 @@ def _penalty(pi: np.ndarray, p: float) -> float:
 
 def _validate(model: DeepRetrieval, ds: Dataset, k: int = 10) -> dict:
     """Recall@k of DR on the validation users, and its candidates per user."""
-    split = ds.val if len(ds.val) else ds.test
+    split = ds.val  # never the test users: the log is what configs are chosen on
     if len(split) == 0:
         return {}
     users = split.hist
