@@ -271,3 +271,19 @@ def test_loaded_model_keeps_the_sampling_distribution(model, tmp_path):
     loaded = DeepRetrieval.load(tmp_path / "m")
     assert torch.equal(loaded.net.reranker.q, model.net.reranker.q)
     assert int(loaded.net.item_counts.sum()) > 0
+
+
+def test_sparse_embeddings_use_sparse_adam_and_keep_the_freeze(data):
+    from deep_retrieval.train import make_optimizers
+
+    cfg = tiny_config(train__sparse_embeddings="yes")
+    snap, after = weights_after_each_phase(cfg, data)
+    frozen = [k for k in after if k.startswith(("reranker.", "enc_rr."))]
+    assert all(torch.equal(snap[k], after[k]) for k in frozen)
+    net = DeepRetrieval(cfg).fit(data, log=quiet).net
+    opts = make_optimizers(net, 1e-3, 0.0)
+    sparse = {id(p) for p in opts[1].param_groups[0]["params"]}
+    tables = {id(m.item_emb.weight) for m in (net.enc_str, net.enc_rr, net.reranker)}
+    assert isinstance(opts[1], torch.optim.SparseAdam) and sparse == tables
+    # "auto" keeps small catalogues dense
+    assert len(make_optimizers(DeepRetrieval(tiny_config()).fit(data, log=quiet).net, 1e-3, 0.0)) == 1

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numba import njit
 
 from deep_retrieval import mstep
 from deep_retrieval.mstep import (
@@ -343,3 +344,95 @@ def test_penalised_objective_hand_case():
     # sizes: 1->1, 2->2, 4->2, 5->1; f = x^4 / 4
     expect = 2 * math.log(0.75) + 3 * math.log(2.0) - 0.1 * (1 + 16 + 16 + 1) / 4
     assert penalised_objective(t, N_v, a, 0.1, 4.0) == pytest.approx(expect)
+
+
+# The numba kernel as it was before the log-skip and int32 sizes (frozen copy): the
+# faster kernel must give the same assignment, choice for choice.
+@njit(cache=False)
+def _cd_kernel_v1(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, n_slots):
+    V, S = cand.shape
+    sizes = np.zeros(n_slots, dtype=np.int64)
+    cur = np.empty((V, J), dtype=np.int64)
+    bound_pen = alpha * mstep._penalty_step(0.0, power)
+    for t in range(T):
+        for v in range(V):
+            w = nv[v]
+            partial = 0.0
+            for j in range(J):
+                if t > 0:
+                    sizes[cur[v, j]] -= 1
+                best = -1
+                best_val = -np.inf
+                best_s = 0.0
+                if w > 0:
+                    for k in range(S):
+                        sc = np.float64(score[v, k])
+                        c = cand[v, k]
+                        if c < 0 or not sc > 0.0:
+                            break
+                        gain = w * math.log(partial + sc)
+                        if gain - bound_pen <= best_val:
+                            break
+                        taken = False
+                        for i in range(j):
+                            if cur[v, i] == c:
+                                taken = True
+                        if taken:
+                            continue
+                        val = gain - alpha * mstep._penalty_step(np.float64(sizes[c]), power)
+                        if val > best_val:
+                            best, best_val, best_s = c, val, sc
+                if best < 0:
+                    for i in range(2 * J):
+                        if i < J:
+                            c = prev[v, i]
+                        elif reserve_row[v] >= 0:
+                            c = reserve[reserve_row[v], i - J]
+                        else:
+                            break
+                        if c < 0:
+                            continue
+                        taken = False
+                        for i2 in range(j):
+                            if cur[v, i2] == c:
+                                taken = True
+                        if not taken:
+                            best = c
+                            break
+                    if best < 0:
+                        raise ValueError("coordinate descent: no path left to fill a slot")
+                cur[v, j] = best
+                partial += best_s
+                sizes[best] += 1
+    return cur
+
+
+def _skewed_table(rng, V, S, n_paths, ties):
+    """Rows of S distinct paths around a Zipf-popular centre (crowded paths), sorted."""
+    centre = np.minimum(rng.zipf(1.3, V) - 1, n_paths - 1)
+    paths = (centre[:, None] + np.arange(S) * 7) % n_paths  # distinct while 7 * S <= n_paths
+    if ties:
+        scores = np.sort(rng.integers(1, 4, (V, S)) / 4, axis=1)[:, ::-1].astype(np.float32)
+    else:
+        scores = np.exp(-np.cumsum(rng.exponential(0.3, (V, S)), axis=1)).astype(np.float32)
+    short = rng.random(V) < 0.2  # some rows shorter than S
+    cut = rng.integers(0, S, V)
+    empty = short[:, None] & (np.arange(S) >= cut[:, None])
+    return ScoreTable(np.where(empty, -1, paths), np.where(empty, 0, scores).astype(np.float32))
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_kernel_equals_previous_kernel_on_random_data(seed, monkeypatch):
+    rng = np.random.default_rng(seed)
+    V, S, n_paths = 20_000, [5, 25, 50][seed % 3], 400
+    J = 1 + seed % 3
+    p = [4.0, 2.0, 3.0, 4.0][seed % 4]
+    alpha = [1e-9, 1e-6, 1e-4, 0.0][seed % 4]
+    table = _skewed_table(rng, V, S, n_paths, ties=seed % 2 == 1)
+    N_v = np.where(rng.random(V) < 0.05, 0, 1 + rng.pareto(1.2, V)).astype(np.int64)
+    prev = np.stack([rng.choice(n_paths, J, replace=False) for _ in range(V)])
+    got = coordinate_descent(table, N_v, prev, J, alpha, p, 3, rng)
+    monkeypatch.setattr(mstep, "_cd_kernel", lambda *a: _cd_kernel_v1(*a[:-1], len(a[-1])))
+    old = coordinate_descent(table, N_v, prev, J, alpha, p, 3, rng)
+    np.testing.assert_array_equal(got, old)
+    assert len(np.unique(got)) > 1

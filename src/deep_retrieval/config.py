@@ -82,10 +82,13 @@ class TrainConfig:
     epochs_dr: int = 2  # phase 2: softmax model frozen, DR goes on
     batch_size: int = 256
     lr: float = 3e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # Adam weight decay of the dense parameters (not the item embeddings)
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch's default
     max_examples_per_epoch: int = 0  # 0 = all; else a seeded random subset per epoch
+    # sparse item-embedding gradients + SparseAdam (a step's cost then does not grow with V);
+    # "auto" = yes from 100,000 items on (below that a dense gradient is cheaper)
+    sparse_embeddings: Literal["auto", "yes", "no"] = "auto"
     progress: bool = True
 
 

@@ -21,11 +21,12 @@ from .config import EncoderConfig
 
 
 class UserEncoder(nn.Module):
-    def __init__(self, n_items: int, cfg: EncoderConfig):
+    def __init__(self, n_items: int, cfg: EncoderConfig, sparse: bool = False):
         super().__init__()
         self.n_items, self.kind, self.e = n_items, cfg.kind, cfg.e
-        # row n_items is the padding row: zero, never updated
-        self.item_emb = nn.Embedding(n_items + 1, cfg.item_dim, padding_idx=n_items)
+        # row n_items is the padding row: zero, never updated. ``sparse`` gradients: a step
+        # touches only the rows in its batch, so its cost does not grow with V.
+        self.item_emb = nn.Embedding(n_items + 1, cfg.item_dim, padding_idx=n_items, sparse=sparse)
         if cfg.kind == "gru":
             self.gru = nn.GRU(cfg.item_dim, cfg.e, batch_first=True)
         elif cfg.kind == "mean":

@@ -42,6 +42,9 @@ from .reranker import Reranker
 from .structure import StructureModel, from_flat, to_flat
 
 FORMAT_VERSION = 1
+# train.sparse_embeddings = "auto": sparse item-embedding gradients (+ SparseAdam) from this
+# many items on; below it a dense gradient is cheaper than coalescing a sparse one
+SPARSE_FROM_ITEMS = 100_000
 
 
 class DRNet(nn.Module):
@@ -56,10 +59,13 @@ class DRNet(nn.Module):
         super().__init__()
         e = cfg.encoder.e
         self.shared = cfg.encoder.shared
-        self.enc_str = UserEncoder(n_items, cfg.encoder)
-        self.enc_rr = None if self.shared else UserEncoder(n_items, cfg.encoder)
+        sparse = cfg.train.sparse_embeddings == "yes" or (
+            cfg.train.sparse_embeddings == "auto" and n_items >= SPARSE_FROM_ITEMS
+        )
+        self.enc_str = UserEncoder(n_items, cfg.encoder, sparse)
+        self.enc_rr = None if self.shared else UserEncoder(n_items, cfg.encoder, sparse)
         self.structure = StructureModel(cfg.structure, e)
-        self.reranker = Reranker(n_items, e, cfg.reranker, item_counts, seed=cfg.train.seed)
+        self.reranker = Reranker(n_items, e, cfg.reranker, item_counts, seed=cfg.train.seed, sparse=sparse)
         counts = np.zeros(n_items, dtype=np.int64) if item_counts is None else item_counts
         # N_v of the training data: saved with the weights so a loaded model samples the same Q
         self.register_buffer("item_counts", torch.as_tensor(np.asarray(counts, dtype=np.int64)))

@@ -28,6 +28,7 @@ class Reranker(nn.Module):
     ``item_counts`` (V,) are the unigram counts for ``cfg.sampling == "unigram"`` (items
     counted 0 are treated as 1, so every item can be drawn and log Q stays finite);
     without counts, or with ``"uniform"``, Q is uniform. ``seed`` seeds the negatives.
+    ``sparse``: sparse gradients for the item embeddings (large catalogues).
     """
 
     def __init__(
@@ -37,10 +38,11 @@ class Reranker(nn.Module):
         cfg: RerankerConfig,
         item_counts: np.ndarray | None = None,
         seed: int = 0,
+        sparse: bool = False,
     ):
         super().__init__()
         self.n_items, self.negatives, self.seed = n_items, cfg.negatives, seed
-        self.item_emb = nn.Embedding(n_items, e)
+        self.item_emb = nn.Embedding(n_items, e, sparse=sparse)  # sparse: as the encoder's
         nn.init.normal_(self.item_emb.weight, std=e**-0.5)  # logits of order 1 at init
         if cfg.sampling == "unigram" and item_counts is not None:
             counts = np.asarray(item_counts, dtype=np.float64)

@@ -81,7 +81,7 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
     model.set_assignment(random_assignment(V, S.J, n_paths, rng))  # (V, J)
     model.scores = ScoreTable.empty(V, E.S)
     model.log = []
-    opt = torch.optim.Adam(net.parameters(), lr=T.lr, weight_decay=T.weight_decay)
+    opts = make_optimizers(net, T.lr, T.weight_decay)
     frozen = {id(p) for p in net.softmax_params()}
 
     n_epochs = T.epochs_joint + T.epochs_dr
@@ -117,10 +117,12 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
             else:  # phase 2: the softmax model is frozen and not even evaluated
                 u_str = net.enc_str(hist, lengths)  # (batch, e)
                 loss = loss_str = net.structure.multipath_loss(u_str, paths)
-            opt.zero_grad(set_to_none=True)
+            for opt in opts:
+                opt.zero_grad(set_to_none=True)
             loss.backward()
             _average_gradients(net)
-            opt.step()
+            for opt in opts:
+                opt.step()
             model.invalidate()
             sums["str"] += loss_str.item() * len(idx)
             sums["n"] += len(idx)
@@ -156,6 +158,21 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
             log(_epoch_line(entry))
     net.eval()
     return model
+
+
+def make_optimizers(net: torch.nn.Module, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
+    """SparseAdam for the item-embedding tables (sparse gradients), Adam for everything else.
+
+    A step then costs the same at V = 10^4 and 10^7: SparseAdam updates only the rows a
+    batch touched (lazy Adam). ``weight_decay`` applies to the dense parameters only.
+    """
+    sparse = [m.weight for m in net.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+    ids = {id(p) for p in sparse}
+    dense = [p for p in net.parameters() if id(p) not in ids]
+    opts: list[torch.optim.Optimizer] = [torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay)]
+    if sparse:
+        opts.append(torch.optim.SparseAdam(sparse, lr=lr))
+    return opts
 
 
 def window_examples(ex: Examples, window: list[np.ndarray], V: int) -> tuple[np.ndarray, np.ndarray]:

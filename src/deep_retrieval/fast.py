@@ -1,0 +1,233 @@
+"""A numpy serving path for a trained DeepRetrieval: beam search, candidates, rerank, top-k.
+
+``Retriever.from_model(model)`` copies what serving needs out of the torch model once:
+
+- the structure MLPs: each layer's first Linear split into the user's columns (stacked
+  over the layers, so one (n, e) x (e, D*H) product gives every layer's user share) and
+  the per-node prefix tables (``StructureModel.prefix_tables``), then the rest of the MLP;
+- the CSR path -> items index (``PathIndex``: sorted non-empty flat path ids, indptr, items);
+- the reranker's item embedding matrix (V, e) (a view of the torch weights, no copy).
+
+``search(u_str, u_rr, k, B)`` takes precomputed user embeddings (n, e) and returns the
+top-k item ids (n, k) (-1 padded), their scores (n, k) (-inf padded) and the number of
+distinct candidates reranked per user (n,). It is the same algorithm as
+``DeepRetrieval.recommend`` (without history exclusion): beams are ranked by CUMULATIVE
+log-probability exactly as in ``beam.beam_search``, the candidates are the union of the
+items on the B paths, reranked by inner product.
+
+Why numpy: at batch 1 the work is a few (1, e) x (e, H) and (b, H) x (H, K) products and
+top-B selections over 5,000 scores; torch spends more in per-op dispatch than in
+arithmetic there, numpy's small matmuls and ``argpartition`` do not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .structure import to_flat
+
+
+def _add_log_softmax(x: np.ndarray, base: np.ndarray) -> np.ndarray:
+    """``base[..., None] + log_softmax(x)`` over the last axis, in place on ``x``.
+
+    x (..., K) float32 logits; base (...) the cumulative log-probability of each row's prefix.
+    """
+    mx = x.max(axis=-1, keepdims=True)  # (..., 1)
+    lse = np.log(np.exp(x - mx).sum(axis=-1, keepdims=True)) + mx  # (..., 1) logsumexp
+    x += base[..., None] - lse
+    return x
+
+
+def _top_sorted(score: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of the k largest entries of each row, sorted descending: (n, m) -> (n, k)."""
+    m = score.shape[1]
+    if k < m:
+        part = np.argpartition(score, m - k, axis=1)[:, m - k :]  # (n, k) the k largest, unordered
+    else:
+        part = np.broadcast_to(np.arange(m), score.shape)  # (n, m) every column
+    order = np.argsort(-np.take_along_axis(score, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)  # (n, k)
+
+
+class Retriever:
+    """Beam search + candidate gather + inner-product rerank over numpy copies of a model."""
+
+    def __init__(
+        self,
+        K: int,
+        D: int,
+        w_user: np.ndarray,
+        b_user: np.ndarray,
+        tables: list[np.ndarray],
+        rest: list[list[tuple[np.ndarray, np.ndarray]]],
+        path_ids: np.ndarray,
+        indptr: np.ndarray,
+        items: np.ndarray,
+        item_emb: np.ndarray,
+    ):
+        self.K, self.D = K, D
+        self.w_user = w_user  # (e, D*H): columns d*H:(d+1)*H are layer d's user share
+        self.b_user = b_user  # (D*H,) the first Linears' biases
+        self.tables = tables  # D x (d*K, H): row i*K + c = node c of layer i's share in layer d
+        self.rest = rest  # D x [(W^T (in, out), b (out,)), ...]: ReLU before each, last out = K
+        self.path_ids = path_ids  # (P,) int64 sorted non-empty flat path ids
+        self.indptr = indptr  # (P+1,) int64
+        self.items = items  # (nnz,) int64 items of path p: items[indptr[p]:indptr[p+1]]
+        self.item_emb = item_emb  # (V, e) float32 reranker output embeddings
+        self.H = b_user.shape[0] // D
+
+    @classmethod
+    def from_model(cls, model) -> Retriever:
+        """Copy a trained ``DeepRetrieval``'s serving state (call again after retraining)."""
+        model._check_fitted()
+        item_emb = model.net.reranker.item_emb.weight.detach().numpy()  # (V, e) a view, no copy
+        return cls.from_parts(model.net.structure, model._index, item_emb)
+
+    @classmethod
+    def from_parts(cls, structure, index, item_emb: np.ndarray) -> Retriever:
+        """From a ``StructureModel``, a ``PathIndex`` and the reranker's item embeddings (V, e)."""
+        import torch
+
+        st, e = structure, structure.e
+        with torch.no_grad():
+            tables = [t.numpy().astype(np.float32, copy=True) for t in st.prefix_tables()]
+            w_user = np.concatenate([f.weight[:, :e].numpy().T for f in st.first], axis=1)
+            b_user = np.concatenate([f.bias.numpy() for f in st.first])
+            rest = [
+                [(lin.weight.numpy().T.copy(), lin.bias.numpy().copy())
+                 for lin in seq if isinstance(lin, torch.nn.Linear)]
+                for seq in st.rest
+            ]
+        return cls(
+            st.K, st.D, np.ascontiguousarray(w_user, dtype=np.float32), b_user.astype(np.float32),
+            tables, rest, index.path_ids, index.indptr, index.items,
+            np.asarray(item_emb, dtype=np.float32),
+        )
+
+    # ------------------------------------------------------------------ beam search
+    def _head_logits(self, d: int, pre: np.ndarray) -> np.ndarray:
+        """Layer d's MLP after its first Linear: pre (..., H) -> logits (..., K).
+
+        ``pre`` is a scratch array: the first ReLU overwrites it.
+        """
+        x = pre
+        for W, b in self.rest[d]:
+            x = np.maximum(x, 0.0, out=x) @ W  # ReLU, Linear
+            x += b
+        return x
+
+    def beam(self, u_str: np.ndarray, B: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top paths by cumulative log p(c | u), as ``beam.beam_search``.
+
+        u_str (n, e) -> paths (n, B', D) int64, cum (n, B') float32, B' = min(B, K^D),
+        each row sorted by cumulative log-probability, descending.
+        """
+        if B < 1:
+            raise ValueError(f"beam size must be >= 1, got {B}")
+        K, D, H = self.K, self.D, self.H
+        u = np.ascontiguousarray(u_str, dtype=np.float32)
+        n = u.shape[0]
+        user = u @ self.w_user  # (n, D*H) every layer's user share at once
+        user += self.b_user
+        rows = np.arange(n)[:, None]  # (n, 1)
+
+        # layer 0: one distribution per user
+        # (layer 0's ReLU overwrites its slice of ``user``, which nothing reads again)
+        logp = _add_log_softmax(self._head_logits(0, user[:, :H]), np.zeros(n, np.float32))  # (n, K)
+        node = _top_sorted(logp, min(B, K))  # (n, b)
+        cum = logp[rows, node]  # (n, b) sorted descending
+        paths = node[:, :, None]  # (n, b, 1)
+
+        for d in range(1, D):
+            b = paths.shape[1]
+            table = self.tables[d]  # (d*K, H)
+            pre = table[paths[:, :, 0]]  # (n, b, H) the share of the layer-0 node
+            for i in range(1, d):
+                pre += table[i * K + paths[:, :, i]]  # (n, b, H) + the layer-i node's
+            pre += user[:, None, d * H : (d + 1) * H]  # (n, b, H) + the user's
+            score = _add_log_softmax(self._head_logits(d, pre), cum)  # (n, b, K) cumulative
+            score = score.reshape(n, b * K)  # (n, b*K)
+            idx = _top_sorted(score, min(B, b * K))  # (n, b') sorted descending
+            cum = score[rows, idx]  # (n, b')
+            parent, node = np.divmod(idx, K)  # (n, b') beam it came from, node at layer d
+            paths = np.concatenate([paths[rows, parent], node[:, :, None]], axis=2)  # (n, b', d+1)
+        return paths, cum
+
+    # ------------------------------------------------------------------ candidates
+    def candidates(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Distinct items on each row's paths: flat (n, B) -> (cand (n, m) padded -1, lengths (n,)).
+
+        Within a row the candidates are sorted ascending (as ``PathIndex.candidates``).
+        """
+        n, Bp = flat.shape
+        P = len(self.path_ids)
+        if P == 0:
+            return np.full((n, 0), -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+        f = flat.reshape(-1)  # (n*B,)
+        pos = np.minimum(np.searchsorted(self.path_ids, f), P - 1)  # (n*B,)
+        start = self.indptr[pos]  # (n*B,)
+        size = np.where(self.path_ids[pos] == f, self.indptr[pos + 1] - start, 0)  # (n*B,)
+        total = int(size.sum())
+        # gathered position t of slice r reads items[start_r + t - offset_r]
+        offset = np.cumsum(size) - size  # (n*B,)
+        shift = np.repeat(start - offset, size)  # (total,)
+        items = self.items[np.arange(total) + shift]  # (total,) with duplicates
+        if n == 1:
+            items = np.unique(items)  # (m,) sorted, duplicates gone
+            return items[None, :], np.array([len(items)], dtype=np.int64)
+        V = max(len(self.item_emb), 1)
+        user = np.repeat(np.arange(n), size.reshape(n, Bp).sum(axis=1))  # (total,)
+        key = np.unique(user * V + items)  # sorted by (user, item), duplicates gone
+        user, items = np.divmod(key, V)
+        lengths = np.bincount(user, minlength=n)  # (n,)
+        m = int(lengths.max(initial=0))
+        col = np.arange(len(key)) - (np.cumsum(lengths) - lengths)[user]  # (total',) slot in row
+        cand = np.full((n, m), -1, dtype=np.int64)  # (n, m)
+        cand[user, col] = items
+        return cand, lengths
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self, u_str: np.ndarray, u_rr: np.ndarray, k: int, B: int, chunk: int = 32
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Beam search (B paths) -> candidates -> inner-product rerank -> top-k.
+
+        u_str, u_rr (n, e) float32 user embeddings (structure / reranker; the same array
+        for a shared encoder). Returns ids (n, k) int64 padded -1, scores (n, k) float32
+        padded -inf, best first, and n_candidates (n,) distinct items reranked per user.
+        Users go through in blocks of ``chunk``, so that a block's (chunk, B, H) and
+        (chunk, candidates, e) temporaries stay in cache.
+        """
+        if k < 1:
+            raise ValueError(f"k must be >= 1, got {k}")
+        u_str = np.ascontiguousarray(u_str, dtype=np.float32)
+        u_rr = np.ascontiguousarray(u_rr, dtype=np.float32)
+        n = u_rr.shape[0]
+        if n <= chunk:
+            return self._search(u_str, u_rr, k, B)
+        parts = [self._search(u_str[lo : lo + chunk], u_rr[lo : lo + chunk], k, B)
+                 for lo in range(0, n, chunk)]
+        return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
+
+    def _search(self, u_str, u_rr, k: int, B: int):
+        n = u_rr.shape[0]
+        paths, _ = self.beam(u_str, B)  # (n, B', D)
+        cand, lengths = self.candidates(to_flat(paths, self.K))  # (n, m), (n,)
+        m = cand.shape[1]
+        ids = np.full((n, k), -1, dtype=np.int64)
+        scores = np.full((n, k), -np.inf, dtype=np.float32)
+        if m == 0:
+            return ids, scores, lengths
+        if n == 1:  # a matrix-vector product over the gathered rows
+            s = (self.item_emb[cand[0]] @ u_rr[0])[None, :]  # (1, m)
+        else:
+            w = self.item_emb[np.maximum(cand, 0)]  # (n, m, e)
+            s = np.matmul(w, u_rr[:, :, None])[:, :, 0]  # (n, m)
+            s[cand < 0] = -np.inf
+        kk = min(k, m)
+        top = _top_sorted(s, kk)  # (n, kk) best first
+        top_s = np.take_along_axis(s, top, axis=1)  # (n, kk)
+        ok = np.isfinite(top_s)
+        ids[:, :kk] = np.where(ok, np.take_along_axis(cand, top, axis=1), -1)
+        scores[:, :kk] = np.where(ok, top_s, -np.inf)
+        return ids, scores, lengths

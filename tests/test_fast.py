@@ -1,0 +1,119 @@
+"""The numpy serving path (fast.Retriever) against the oracles beam_search / DeepRetrieval.recommend."""
+
+import numpy as np
+import pytest
+import torch
+
+from deep_retrieval.beam import beam_search
+from deep_retrieval.config import StructureConfig
+from deep_retrieval.fast import Retriever
+from deep_retrieval.model import DeepRetrieval
+from deep_retrieval.paths import PathIndex, random_assignment
+from deep_retrieval.structure import StructureModel, to_flat
+from tests.test_contract import synthetic_dataset
+from tests.test_model import quiet, tiny_config
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine spinning workers cost 10x here."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_dataset(seed=5)
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    cfg = tiny_config(structure__K=4, structure__D=3, structure__hidden=(16, 12), beam__B=5,
+                      train__epochs_dr=0, train__threads=1)
+    return DeepRetrieval(cfg).fit(data, log=quiet)
+
+
+def histories(data):
+    return data.test.hist.take(np.concatenate([np.arange(len(data.test)), np.arange(len(data.val))]))
+
+
+def same_up_to_ties(a_ids, a_scores, b_ids, b_scores, tol=1e-5):
+    """Equal scores everywhere, equal ids wherever the score is not tied with a neighbour."""
+    np.testing.assert_allclose(a_scores, b_scores, rtol=tol, atol=tol)
+    s = a_scores
+    tied = np.zeros(s.shape, dtype=bool)
+    close = np.abs(s[:, 1:] - s[:, :-1]) <= tol
+    tied[:, 1:] |= close
+    tied[:, :-1] |= close
+    np.testing.assert_array_equal(np.where(tied, 0, a_ids), np.where(tied, 0, b_ids))
+
+
+@pytest.mark.parametrize("B", [1, 3, 5, 64])
+def test_paths_equal_beam_search(model, data, B):
+    hist = histories(data)
+    paths, logp = model.beam_search(hist, B)
+    u_str = model.user_embeddings(hist, "str")
+    got_paths, got_logp = Retriever.from_model(model).beam(u_str, B)
+    assert got_paths.shape == paths.shape and got_paths.dtype == np.int64
+    same_up_to_ties(to_flat(got_paths, 4), got_logp, to_flat(paths, 4), logp)
+
+
+def test_paths_equal_at_paper_shape():
+    """K=100, D=3, e=64, hidden 256, B=50 on a random structure model: identical paths."""
+    torch.manual_seed(0)
+    st = StructureModel(StructureConfig(K=100, D=3, hidden=(256,)), 64).eval()
+    u = torch.randn(40, 64)
+    paths, logp = beam_search(st, u, 50)
+    index = PathIndex(np.zeros((1, 1), dtype=np.int64))
+    got_paths, got_logp = Retriever.from_parts(st, index, np.zeros((1, 64), np.float32)).beam(u.numpy(), 50)
+    same_up_to_ties(to_flat(got_paths, 100), got_logp, to_flat(paths, 100).numpy(), logp.numpy())
+
+
+@pytest.mark.parametrize("B", [1, 2, 5, 64])
+def test_search_equals_recommend(model, data, B):
+    hist = histories(data)
+    k = 7
+    ids, scores = model.recommend(hist, k, B=B)
+    u_str, u_rr = model.user_embeddings(hist, "str"), model.user_embeddings(hist, "rr")
+    r = Retriever.from_model(model)
+    got_ids, got_scores, n_cand = r.search(u_str, u_rr, k, B)
+    same_up_to_ties(got_ids, got_scores, ids, scores)
+    np.testing.assert_array_equal(n_cand, model.last_items_scored)
+    for u in range(len(hist)):  # batch 1 takes its own branch: the same answer, ties aside
+        one = r.search(u_str[u : u + 1], u_rr[u : u + 1], k, B)
+        same_up_to_ties(one[0], one[1], got_ids[u : u + 1], got_scores[u : u + 1])
+        assert one[2][0] == n_cand[u]
+
+
+def test_candidates_are_the_union_of_the_paths():
+    rng = np.random.default_rng(0)
+    pi = random_assignment(50, 2, 27, rng)  # K=3, D=3: some paths empty
+    index = PathIndex(pi)
+    r = Retriever(3, 3, np.zeros((1, 3)), np.zeros(3), [], [], index.path_ids, index.indptr,
+                  index.items, np.zeros((50, 1), np.float32))
+    flat = rng.integers(0, 27, size=(6, 4))
+    cand, lengths = r.candidates(flat)
+    want = index.candidates(flat)
+    np.testing.assert_array_equal(lengths, want.lengths)
+    for u in range(6):
+        np.testing.assert_array_equal(cand[u, : lengths[u]], want[u])
+        assert np.all(cand[u, lengths[u] :] == -1)
+        one, n1 = r.candidates(flat[u : u + 1])
+        np.testing.assert_array_equal(one[0], want[u])
+
+
+def test_k_larger_than_candidates_pads(model, data):
+    hist = histories(data)
+    r = Retriever.from_model(model)
+    u_str, u_rr = model.user_embeddings(hist, "str"), model.user_embeddings(hist, "rr")
+    ids, scores, n_cand = r.search(u_str, u_rr, 1000, 1)
+    for u in range(len(hist)):
+        assert np.all(ids[u, : n_cand[u]] >= 0) and np.all(ids[u, n_cand[u] :] == -1)
+        assert np.all(np.isneginf(scores[u, n_cand[u] :]))
+        assert len(set(ids[u, : n_cand[u]].tolist())) == n_cand[u]
+    with pytest.raises(ValueError):
+        r.search(u_str, u_rr, 0, 1)
+    with pytest.raises(ValueError):
+        r.beam(u_str, 0)
