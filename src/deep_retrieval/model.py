@@ -47,6 +47,11 @@ FORMAT_VERSION = 1
 SPARSE_FROM_ITEMS = 100_000
 
 
+def uses_sparse_embeddings(cfg: Config, n_items: int) -> bool:
+    s = cfg.train.sparse_embeddings
+    return s == "yes" or (s == "auto" and n_items >= SPARSE_FROM_ITEMS)
+
+
 class DRNet(nn.Module):
     """Encoder(s) + structure model + softmax reranker.
 
@@ -59,9 +64,7 @@ class DRNet(nn.Module):
         super().__init__()
         e = cfg.encoder.e
         self.shared = cfg.encoder.shared
-        sparse = cfg.train.sparse_embeddings == "yes" or (
-            cfg.train.sparse_embeddings == "auto" and n_items >= SPARSE_FROM_ITEMS
-        )
+        sparse = uses_sparse_embeddings(cfg, n_items)
         self.enc_str = UserEncoder(n_items, cfg.encoder, sparse)
         self.enc_rr = None if self.shared else UserEncoder(n_items, cfg.encoder, sparse)
         self.structure = StructureModel(cfg.structure, e)
