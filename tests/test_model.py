@@ -287,3 +287,16 @@ def test_sparse_embeddings_use_sparse_adam_and_keep_the_freeze(data):
     assert isinstance(opts[1], torch.optim.SparseAdam) and sparse == tables
     # "auto" keeps small catalogues dense
     assert len(make_optimizers(DeepRetrieval(tiny_config()).fit(data, log=quiet).net, 1e-3, 0.0)) == 1
+
+
+def test_context_others_trains_on_every_item_of_a_row(data):
+    from deep_retrieval.train import Examples
+
+    prefix, others = Examples(data, 10, "prefix"), Examples(data, 10, "others")
+    rows = data.train.lengths
+    assert len(prefix) == int(np.sum(np.maximum(rows - 1, 0)))
+    assert len(others) == int(rows[rows >= 2].sum())
+    hist, lengths, y = others.batch(np.arange(len(others)))
+    assert np.all(lengths.numpy() == np.minimum(np.repeat(rows[rows >= 2], rows[rows >= 2]) - 1, 10))
+    dr = DeepRetrieval(tiny_config(train__context="others")).fit(data, log=quiet)
+    assert dr.log[0]["examples"] == len(others)

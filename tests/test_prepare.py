@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deep_retrieval.data.dataset import Dataset
+from deep_retrieval.data.dataset import Dataset, Ragged
 from deep_retrieval.data.prepare import prepare
 from deep_retrieval.data.protocols import given_split, user_split
 from deep_retrieval.data.readers import Interactions
@@ -334,3 +334,22 @@ def test_user_split_properties(log):
     assert v | t | tr == set(range(ds.n_users))
     assert seen == Counter((u, x) for u, seq in kept.items() for x in seq)  # each exactly once
     assert c["after_user_filter"] == sum(map(len, kept.values()))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 50), min_size=2, max_size=12), min_size=1, max_size=6),
+       st.integers(1, 8), st.data())
+def test_pad_others_is_the_row_without_the_target(rows, max_len, data):
+    from deep_retrieval.data.dataset import pad_others
+
+    r = Ragged.from_lists(rows)
+    picks = [(i, data.draw(st.integers(0, len(row) - 1))) for i, row in enumerate(rows)]
+    starts = np.array([r.offsets[i] for i, _ in picks])
+    ends = np.array([r.offsets[i + 1] for i, _ in picks])
+    pos = starts + np.array([j for _, j in picks])
+    out, lengths = pad_others(r.values, starts, ends, pos, max_len)
+    for b, (i, j) in enumerate(picks):
+        want = (rows[i][:j] + rows[i][j + 1:])[-max_len:]
+        assert lengths[b] == len(want)
+        assert out[b, : len(want)].tolist() == want
+        assert np.all(out[b, len(want):] == -1)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import click
 
@@ -89,31 +88,9 @@ def synth(out, preset, seed, **kw) -> None:
 
 # ---------------------------------------------------------------------------- train
 def _load_config(config: str | None, overrides: tuple[str, ...]):
-    import tomllib
+    from .config import load_config
 
-    from .config import Config
-
-    if config is None:
-        cfg = Config()
-    elif Path(config).suffix == ".toml" or Path(config).exists():
-        cfg = Config.from_toml(config)
-    else:
-        cfg = Config.builtin(config)
-    if overrides:
-        d = cfg.to_dict()
-        for ov in overrides:
-            key, eq, value = ov.partition("=")
-            table, dot, name = key.partition(".")
-            if not eq or not dot:
-                raise DRError(f"--set expects TABLE.KEY=VALUE, got {ov!r}")
-            if table not in d:
-                raise DRError(f"--set: unknown table {table!r}; known: {sorted(d)}")
-            try:
-                d[table][name] = tomllib.loads(f"v = {value}")["v"]
-            except tomllib.TOMLDecodeError:
-                d[table][name] = value  # a bare string
-        cfg = Config.from_dict(d, "config with --set")
-    return cfg
+    return load_config(config, overrides)
 
 
 @cli.command()
@@ -237,6 +214,31 @@ def serve(model_dir, host, port) -> None:
         pass
     finally:
         server.server_close()
+
+
+# ---------------------------------------------------------------------------- experiment
+@cli.command()
+@click.argument("experiment_file")
+@click.option("--data-root", default="../shared/data", show_default=True,
+              help="Directory the experiment's [data] inputs are relative to.")
+@click.option("--results", default="results", show_default=True,
+              help="Writes RESULTS/<name>/results.json and table.md.")
+@click.option("--seeds", default=None, help="Comma-separated seeds, replacing the file's list.")
+@click.option("--set", "overrides", multiple=True, metavar="TABLE.KEY=VALUE",
+              help="Extra DR config override, after the file's dr_set (repeatable).")
+def experiment(experiment_file, data_root, results, seeds, overrides) -> None:
+    """Prepare a data set, train DR and its YouTube-DNN twin per seed, evaluate against the
+    baselines, and write results.json + table.md (mean ± std over the seeds).
+
+    EXPERIMENT_FILE: a TOML file such as experiments/ml1m.toml (see docs/results.md).
+    """
+    from .experiment import ExperimentConfig, run
+
+    exp = ExperimentConfig.from_toml(experiment_file)
+    if seeds is not None:
+        exp.seeds = tuple(_ints(seeds, "--seeds"))
+    exp.dr_set = (*exp.dr_set, *overrides)
+    run(exp, data_root, results, log=click.echo)
 
 
 # ---------------------------------------------------------------------------- demo

@@ -86,6 +86,10 @@ class TrainConfig:
     seed: int = 0
     threads: int = 0  # torch threads; 0 = torch's default
     max_examples_per_epoch: int = 0  # 0 = all; else a seeded random subset per epoch
+    # a training example's input: "prefix" = the items before the target (time-ordered logs,
+    # the paper); "others" = the user's other training items, the last max_seq_len of them
+    # (logs without a meaningful order: the input then looks like a serving-time history)
+    context: Literal["prefix", "others"] = "prefix"
     # sparse item-embedding gradients + SparseAdam (a step's cost then does not grow with V);
     # "auto" = yes from 100,000 items on (below that a dense gradient is cheaper)
     sparse_embeddings: Literal["auto", "yes", "no"] = "auto"
@@ -200,3 +204,31 @@ def _build(cls, d, where: str):
             kwargs[k] = _check_type(v, tp, f"{where} {k}")
     obj = cls(**kwargs)
     return obj.validate() if isinstance(obj, Config) else obj
+
+
+def load_config(config: str | None, overrides=()) -> Config:
+    """A TOML file, a built-in config name or (None) the defaults, then ``TABLE.KEY=VALUE`` overrides.
+
+    An override's value is read as TOML (``3e-2``, ``true``, ``[256, 128]``), else as a bare string.
+    """
+    if config is None:
+        cfg = Config()
+    elif Path(config).suffix == ".toml" or Path(config).exists():
+        cfg = Config.from_toml(config)
+    else:
+        cfg = Config.builtin(config)
+    if overrides:
+        d = cfg.to_dict()
+        for ov in overrides:
+            key, eq, value = ov.partition("=")
+            table, dot, name = key.partition(".")
+            if not eq or not dot:
+                raise DRError(f"--set expects TABLE.KEY=VALUE, got {ov!r}")
+            if table not in d:
+                raise DRError(f"--set: unknown table {table!r}; known: {sorted(d)}")
+            try:
+                d[table][name] = tomllib.loads(f"v = {value}")["v"]
+            except tomllib.TOMLDecodeError:
+                d[table][name] = value  # a bare string
+        cfg = Config.from_dict(d, "config with --set")
+    return cfg

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .beam import beam_search
-from .data.dataset import Dataset, pad_histories
+from .data.dataset import Dataset, pad_histories, pad_others
 from .errors import DRError
 from .metrics import compute
 from .model import DeepRetrieval, DRNet
@@ -44,21 +44,33 @@ SCORE_BATCH = 512  # examples per no-grad beam-search batch in score collection
 
 
 class Examples:
-    """The training pairs of a Dataset: target = an item, input = the items before it."""
+    """The training pairs of a Dataset: target = an item, input = its context.
 
-    def __init__(self, ds: Dataset, max_len: int):
-        self.values = ds.train.values
-        self.pos = ds.example_positions()  # (N,) positions of targets in train.values
-        self.starts = ds.example_starts(self.pos)  # (N,) start of each target's row
+    ``context = "prefix"``: every item but the first of a row, input = the items before it.
+    ``context = "others"``: every item of a row of length >= 2, input = the row's other items.
+    """
+
+    def __init__(self, ds: Dataset, max_len: int, context: str = "prefix"):
+        tr = ds.train
+        self.values, self.max_len, self.context = tr.values, max_len, context
+        if context == "prefix":
+            self.pos = ds.example_positions()  # (N,) positions of targets in train.values
+        else:
+            self.pos = np.flatnonzero(np.repeat(tr.lengths >= 2, tr.lengths))  # (N,)
+        rows = np.searchsorted(tr.offsets, self.pos, side="right") - 1  # (N,)
+        self.starts, self.ends = tr.offsets[rows], tr.offsets[rows + 1]  # (N,) each target's row
         self.targets = self.values[self.pos]  # (N,)
-        self.max_len = max_len
 
     def __len__(self) -> int:
         return len(self.pos)
 
     def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(batch, L) histories padded -1, (batch,) lengths, (batch,) targets."""
-        hist, lengths = pad_histories(self.values, self.starts[idx], self.pos[idx], self.max_len)
+        if self.context == "prefix":
+            hist, lengths = pad_histories(self.values, self.starts[idx], self.pos[idx], self.max_len)
+        else:
+            hist, lengths = pad_others(self.values, self.starts[idx], self.ends[idx], self.pos[idx],
+                                       self.max_len)
         return torch.from_numpy(hist), torch.from_numpy(lengths), torch.from_numpy(self.targets[idx])
 
 
@@ -70,7 +82,7 @@ def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
     torch.manual_seed(T.seed)
     rng = np.random.default_rng(T.seed)
     V, n_paths = ds.n_items, S.K**S.D
-    ex = Examples(ds, cfg.encoder.max_seq_len)
+    ex = Examples(ds, cfg.encoder.max_seq_len, T.context)
     if len(ex) == 0:
         raise DRError("the data set has no training examples (every training row is shorter than 2)")
     counts = np.bincount(ex.targets, minlength=V)  # (V,) N_v over all training pairs

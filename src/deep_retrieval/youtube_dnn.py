@@ -67,7 +67,7 @@ class YouTubeDNN(Recommender):
             torch.set_num_threads(T.threads)
         torch.manual_seed(T.seed)
         rng = np.random.default_rng(T.seed)
-        ex = Examples(dataset, cfg.encoder.max_seq_len)
+        ex = Examples(dataset, cfg.encoder.max_seq_len, T.context)
         if len(ex) == 0:
             raise DRError("the data set has no training examples (every training row is shorter than 2)")
         V = dataset.n_items

@@ -114,6 +114,31 @@ def pad_histories(
     return out, lengths
 
 
+def pad_others(
+    values: np.ndarray, starts: np.ndarray, ends: np.ndarray, pos: np.ndarray, max_len: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The row ``values[start:end]`` without position ``pos``, its last ``max_len`` items, vectorised.
+
+    The training input of ``train.context = "others"``: what a user's whole history looks
+    like at serving time, minus the target. Same layout as ``pad_histories``.
+    """
+    starts, ends, pos = (np.asarray(a, dtype=np.int64) for a in (starts, ends, pos))
+    lengths = np.minimum(ends - starts - 1, max_len)  # (batch,) items kept
+    lo = ends - lengths - 1  # window of lengths + 1 positions; one of them is dropped
+    inside = pos >= lo  # else the target is older than the window: drop its first column
+    width = max(int(lengths.max(initial=0)), 1)
+    col = np.arange(width + 1, dtype=np.int64)  # (L + 1,)
+    idx = lo[:, None] + col[None, :]  # (batch, L + 1)
+    keep = (col[None, :] <= lengths[:, None]) & (idx != pos[:, None])
+    keep[:, 0] &= inside
+    order = np.argsort(~keep, axis=1, kind="stable")[:, :width]  # kept columns first, in order
+    idx = np.take_along_axis(idx, order, 1)  # (batch, L)
+    valid = col[None, :width] < lengths[:, None]
+    out = np.full(idx.shape, -1, dtype=np.int64)
+    out[valid] = values[idx[valid]]
+    return out, lengths
+
+
 def pad_ragged(r: Ragged, max_len: int, rows: np.ndarray | None = None):
     """Pad whole rows (e.g. evaluation histories): the most recent ``max_len`` items."""
     if rows is None:

@@ -1,0 +1,277 @@
+"""`dr experiment`: one data set, the paper's protocol, DR against its twins and baselines, N seeds.
+
+An experiment file (TOML) names the data, the DR config and what to report::
+
+    name = "ml1m"
+    dr_config = "ml1m"          # built-in name or TOML file (relative to this file)
+    dr_set = []                 # overrides, as `dr train --set TABLE.KEY=VALUE`
+    seeds = [0, 1, 2, 3, 4]
+    ks = [10, 200]
+    exclude_history = false
+    [data]                      # the options of `dr prepare`
+    inputs = ["ml-1m/pairs.csv.gz"]   # relative to --data-root
+    protocol = "user-split"
+
+Flow: prepare the data once (into a temporary directory), fit popularity and Item-CF
+once (they have no seed), then for every seed train DR and its YouTube-DNN twin (DR's
+encoder + sampled softmax trained alone, retrieved by brute force: the paper's "brute
+force") and evaluate on the test users:
+
+    item-cf, popularity                       the simple baselines
+    youtube-dnn                               the twin: exact search over its own embeddings
+    dr                                        beam search (B) + rerank
+    dr-exact                                  DR's own reranker over all V items
+    hnsw                                      faiss HNSW over DR's reranker embeddings
+
+``results/<name>/results.json`` keeps every seed's numbers and the mean and standard
+deviation (ddof = 1) per method, k and metric; ``results/<name>/table.md`` shows
+mean ± std. Both are written atomically. The same seeds give the same numbers.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import tempfile
+import time
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .artifacts import atomic_write_json, atomic_write_text
+from .config import Config, _build, load_config
+from .errors import DRError
+
+METRICS = ("precision", "recall", "f1", "ndcg")
+ORDER = ("item-cf", "popularity", "youtube-dnn", "dr", "dr-exact", "hnsw")
+LABELS = {
+    "item-cf": "Item-CF",
+    "popularity": "Popularity",
+    "youtube-dnn": "YouTube-DNN (brute force)",
+    "dr": "DR (beam + rerank)",
+    "dr-exact": "DR's reranker, brute force",
+    "hnsw": "HNSW on DR's embeddings",
+}
+
+
+@dataclass
+class DataSection:
+    """`dr prepare`'s options (``min_rating`` < 0 means prepare's default)."""
+
+    inputs: tuple[str, ...] = ()
+    protocol: str = "user-split"
+    format: str = "auto"
+    user_col: str = ""
+    item_col: str = ""
+    time_col: str = ""
+    rating_col: str = ""
+    sep: str = ""
+    min_rating: float = -1.0
+    min_user_interactions: int = 10
+    val_users: int = 1000
+    test_users: int = 1000
+    val_fraction: float = 0.2
+    seed: int = 0
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    description: str = ""
+    dr_config: str = "demo"
+    dr_set: tuple[str, ...] = ()
+    seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
+    ks: tuple[int, ...] = (10, 200)
+    exclude_history: bool = False
+    hnsw: bool = True  # needs faiss (the `ann` extra)
+    hnsw_ef: int = 64
+    item_cf_neighbours: int = 200
+    item_cf_shrink: float = 0.0
+    threads: int = 0  # torch threads; 0 = torch's default
+    data: DataSection = field(default_factory=DataSection)
+
+    @classmethod
+    def from_toml(cls, path) -> ExperimentConfig:
+        path = Path(path)
+        if not path.is_file():
+            raise DRError(f"experiment file {path} not found")
+        try:
+            d = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise DRError(f"experiment file {path} is not valid TOML: {e}") from None
+        exp = _build(cls, d, str(path))
+        cfg_path = path.parent / exp.dr_config
+        if exp.dr_config.endswith(".toml") and cfg_path.is_file():
+            exp.dr_config = str(cfg_path)  # relative to the experiment file
+        return exp.validate()
+
+    def validate(self) -> ExperimentConfig:
+        if not self.data.inputs:
+            raise DRError(f"experiment {self.name}: [data] inputs is empty")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise DRError(f"experiment {self.name}: seeds must be a non-empty list of distinct integers")
+        if not self.ks or min(self.ks) < 1:
+            raise DRError(f"experiment {self.name}: ks must be integers >= 1")
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise DRError(f"experiment name {self.name!r} cannot name a directory")
+        return self
+
+    def dr(self, seed: int) -> Config:
+        cfg = load_config(self.dr_config, self.dr_set)
+        cfg.train.seed = seed
+        cfg.train.progress = False
+        if self.threads:
+            cfg.train.threads = self.threads
+        return cfg.validate()
+
+
+def prepare_data(exp: ExperimentConfig, data_root, out, log=print):
+    from .data.prepare import prepare
+
+    d = exp.data
+    inputs = [Path(data_root) / p for p in d.inputs]
+    return prepare(
+        inputs, out, fmt=d.format, protocol=d.protocol,
+        user_col=d.user_col or None, item_col=d.item_col or None, time_col=d.time_col or None,
+        rating_col=d.rating_col or None, sep=d.sep or None,
+        min_rating=None if d.min_rating < 0 else d.min_rating,
+        min_user_interactions=d.min_user_interactions, val_users=d.val_users,
+        test_users=d.test_users, val_fraction=d.val_fraction, seed=d.seed, log=log,
+    )
+
+
+def run(exp: ExperimentConfig, data_root, results_dir="results", log=print) -> dict:
+    """Run the experiment and write ``results_dir/<name>/{results.json, table.md}``."""
+    from .baselines import HNSW, BruteForce, ItemCF, Popularity
+    from .evaluate import _faiss_available, evaluate
+    from .model import DeepRetrieval
+    from .youtube_dnn import YouTubeDNN
+
+    exp.validate()
+    for s in exp.seeds:
+        exp.dr(s)  # a bad DR config fails before any work
+    if exp.hnsw and not _faiss_available():
+        raise DRError("hnsw = true needs faiss: pip install 'deep-retrieval[ann]' (or set hnsw = false)")
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        ds = prepare_data(exp, data_root, Path(tmp) / "data", log=log)
+    ks = list(exp.ks)
+
+    def ev(methods):
+        return evaluate(ds, methods, ks, exclude_history=exp.exclude_history, latency_users=50)["results"]
+
+    log(f"{exp.name}: baselines")
+    t0 = time.perf_counter()
+    base = ev({"item-cf": ItemCF(exp.item_cf_neighbours, exp.item_cf_shrink).fit(ds),
+               "popularity": Popularity().fit(ds)})
+    runs = [{"seed": None, "seconds": time.perf_counter() - t0, "results": base}]
+    for seed in exp.seeds:
+        cfg = exp.dr(seed)
+        log(f"{exp.name}: seed {seed}: DR")
+        t0 = time.perf_counter()
+        dr = DeepRetrieval(cfg).fit(ds, log=log)
+        t_dr = time.perf_counter() - t0
+        log(f"{exp.name}: seed {seed}: YouTube-DNN")
+        t0 = time.perf_counter()
+        yt = YouTubeDNN(cfg).fit(ds, log=log)
+        t_yt = time.perf_counter() - t0
+        emb = dr.net.reranker.item_embeddings()
+        methods = {"youtube-dnn": yt, "dr": dr, "dr-exact": BruteForce(emb, encode=dr.user_embeddings)}
+        if exp.hnsw:
+            methods["hnsw"] = HNSW(emb, encode=dr.user_embeddings, ef_search=exp.hnsw_ef).fit(None)
+        t0 = time.perf_counter()
+        res = ev(methods)
+        last = dr.log[-1]
+        runs.append({
+            "seed": seed, "seconds_train_dr": t_dr, "seconds_train_youtube_dnn": t_yt,
+            "seconds_evaluate": time.perf_counter() - t0, "paths": last["paths"],
+            "dr_log": dr.log, "results": res,
+        })
+        log(f"{exp.name}: seed {seed}: " + ", ".join(
+            f"{r['method']} R@{r['k']} {r['recall']:.4f}" for r in res if r["k"] == ks[0]))
+    out = {
+        "name": exp.name,
+        "description": exp.description,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "machine": f"{platform.platform()}, nproc {os.cpu_count()}",
+        "experiment": asdict(exp),
+        "dr_config": exp.dr(exp.seeds[0]).to_dict(),
+        "dataset": {"n_items": ds.n_items, "n_train_users": len(ds.train),
+                    "n_test_users": int((ds.test.truth.lengths > 0).sum()),
+                    "n_val_users": len(ds.val)},
+        "seconds_total": time.perf_counter() - t_start,
+        "summary": summarise(runs, ks),
+        "runs": runs,
+    }
+    out["dr_config"]["train"]["seed"] = list(exp.seeds)
+    target = Path(results_dir) / exp.name
+    target.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(target / "results.json", out)
+    atomic_write_text(target / "table.md", table(out))
+    log(f"wrote {target / 'results.json'} and {target / 'table.md'}")
+    return out
+
+
+def summarise(runs: list[dict], ks: list[int]) -> dict:
+    """{method: {k: {metric: {"mean", "std", "n"}}}} over the seeds (std with ddof = 1)."""
+    acc: dict = {}
+    for r in runs:
+        for row in r["results"]:
+            cell = acc.setdefault(row["method"], {}).setdefault(str(row["k"]), {})
+            for m in (*METRICS, "items_scored_per_user"):
+                cell.setdefault(m, []).append(row[m])
+    return {
+        method: {k: {m: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                         "n": len(v)} for m, v in cell.items()} for k, cell in per_k.items()}
+        for method, per_k in acc.items()
+    }
+
+
+def recall_ratio(summ: dict, a: str, b: str, k) -> float:
+    return summ[a][str(k)]["recall"]["mean"] / max(summ[b][str(k)]["recall"]["mean"], 1e-12)
+
+
+def table(out: dict) -> str:
+    """The paper-style markdown table: metrics in percent, mean ± std over the seeds."""
+    exp, summ = out["experiment"], out["summary"]
+    ks = [str(k) for k in exp["ks"]]
+    seeds = exp["seeds"]
+    head = ["method"] + [f"{m}@{k}" for k in ks for m in ("P", "R", "F", "NDCG")] + ["items scored"]
+    lines = [
+        f"# {out['name']}\n",
+        (exp["description"] + "\n") if exp["description"] else "",
+        f"`dr experiment` on {out['machine']}, {out['date']}. Metrics in percent on "
+        f"{out['dataset']['n_test_users']:,} test users ({out['dataset']['n_items']:,} items), "
+        f"mean ± std over seeds {', '.join(map(str, seeds))} (popularity and Item-CF have no seed); "
+        f"training items {'excluded' if exp['exclude_history'] else 'not excluded'}.\n",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+    ]
+    for method in [m for m in ORDER if m in summ] + [m for m in summ if m not in ORDER]:
+        cells = [LABELS.get(method, method)]
+        for k in ks:
+            for m in METRICS:
+                c = summ[method][k][m]
+                cells.append(f"{100 * c['mean']:.2f} ± {100 * c['std']:.2f}" if c["n"] > 1
+                             else f"{100 * c['mean']:.2f}")
+        cells.append(f"{summ[method][ks[0]]['items_scored_per_user']['mean']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    dr_runs = [r for r in out["runs"] if r["seed"] is not None]
+    def ratio(other):
+        return ", ".join(f"@{k} {recall_ratio(summ, 'dr', other, k):.3f}" for k in ks)
+
+    if "dr" in summ and "youtube-dnn" in summ:
+        lines.append(f"\nDR recall / YouTube-DNN recall: {ratio('youtube-dnn')}.")
+    if "dr" in summ and "dr-exact" in summ:
+        lines.append(f"DR recall / its own reranker by brute force: {ratio('dr-exact')}.")
+    if dr_runs:
+        t = np.mean([r["seconds_train_dr"] for r in dr_runs])
+        ty = np.mean([r["seconds_train_youtube_dnn"] for r in dr_runs])
+        p = dr_runs[0]["paths"]
+        lines.append(f"Training per seed: DR {t:.0f} s, YouTube-DNN {ty:.0f} s; whole experiment "
+                     f"{out['seconds_total'] / 60:.1f} min. Seed {dr_runs[0]['seed']}'s paths: "
+                     f"{p['non_empty']} non-empty, largest {p['largest']}, mean {p['mean']:.1f}.")
+    return "\n".join(line for line in lines if line != "") + "\n"
