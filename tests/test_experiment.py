@@ -1,0 +1,92 @@
+"""`dr experiment`: results for every method and seed, mean ± std, reproducible, clean errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from deep_retrieval.cli import main
+from deep_retrieval.experiment import ExperimentConfig, run, summarise
+from tests.test_model import tiny_config
+
+EXPERIMENT = """
+name = "tiny"
+dr_config = "tiny.toml"
+seeds = [0, 1]
+ks = [5, 10]
+hnsw = true
+[data]
+inputs = ["log.csv"]
+user_col = "user"
+item_col = "item"
+time_col = "t"
+val_users = 5
+test_users = 10
+min_user_interactions = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("exp")
+    rng = np.random.default_rng(0)
+    lines = ["user,item,t"]
+    for u in range(60):
+        for t, i in enumerate(rng.choice(30, size=rng.integers(4, 12), replace=False)):
+            lines.append(f"u{u},i{(i + u % 3 * 10) % 30},{t}")
+    (root / "log.csv").write_text("\n".join(lines) + "\n")
+    (root / "tiny.toml").write_text(tiny_config().to_toml())
+    (root / "tiny_exp.toml").write_text(EXPERIMENT)
+    return root
+
+
+def test_writes_every_method_for_every_seed(setup, tmp_path):
+    exp = ExperimentConfig.from_toml(setup / "tiny_exp.toml")
+    out = run(exp, setup, tmp_path, log=lambda _: None)
+    saved = json.loads((tmp_path / "tiny" / "results.json").read_text())
+    assert saved["summary"] == out["summary"]
+    methods = {"item-cf", "popularity", "youtube-dnn", "dr", "dr-exact", "hnsw"}
+    assert set(out["summary"]) == methods
+    assert [r["seed"] for r in out["runs"]] == [None, 0, 1]
+    for method in ("dr", "youtube-dnn"):
+        cell = out["summary"][method]["5"]["recall"]
+        per_seed = [r["recall"] for run_ in out["runs"] for r in run_["results"]
+                    if r["method"] == method and r["k"] == 5]
+        assert cell["n"] == 2
+        assert cell["mean"] == pytest.approx(np.mean(per_seed))
+        assert cell["std"] == pytest.approx(np.std(per_seed, ddof=1))
+    table = (tmp_path / "tiny" / "table.md").read_text()
+    assert "DR (beam + rerank)" in table and " ± " in table and "YouTube-DNN" in table
+
+
+def test_same_seeds_same_numbers(setup, tmp_path):
+    exp = ExperimentConfig.from_toml(setup / "tiny_exp.toml")
+    exp.seeds = (3,)
+    a = run(exp, setup, tmp_path / "a", log=lambda _: None)
+    b = run(exp, setup, tmp_path / "b", log=lambda _: None)
+    assert a["summary"] == b["summary"]
+
+
+def test_summarise_single_seed_has_zero_std():
+    rows = [{"method": "dr", "k": 10, "precision": 0.5, "recall": 0.25, "f1": 0.3, "ndcg": 0.4,
+             "items_scored_per_user": 7.0}]
+    s = summarise([{"results": rows}], [10])
+    assert s["dr"]["10"]["recall"] == {"mean": 0.25, "std": 0.0, "n": 1}
+
+
+def test_bad_inputs_fail_cleanly(setup, tmp_path, capsys):
+    bad = setup / "bad.toml"
+    bad.write_text(EXPERIMENT.replace('"log.csv"', '"missing.csv"'))
+    assert main(["experiment", str(bad), "--data-root", str(setup), "--results", str(tmp_path)]) == 2
+    assert "missing.csv" in capsys.readouterr().err
+    assert not (tmp_path / "tiny").exists()
+    bad.write_text(EXPERIMENT.replace("seeds = [0, 1]", "seeds = [0, 0]"))
+    assert main(["experiment", str(bad), "--data-root", str(setup)]) == 2
+    assert "distinct" in capsys.readouterr().err
+    bad.write_text(EXPERIMENT + "colour = 1\n")
+    assert main(["experiment", str(bad)]) == 2
+    assert "unknown key" in capsys.readouterr().err
+    assert main(["experiment", str(setup / "tiny_exp.toml"), "--set", "structure.K=1",
+                 "--data-root", str(setup), "--results", str(tmp_path)]) == 2
+    assert "structure.K" in capsys.readouterr().err
+    assert not (tmp_path / "tiny").exists()
