@@ -90,3 +90,20 @@ def test_bad_inputs_fail_cleanly(setup, tmp_path, capsys):
                  "--data-root", str(setup), "--results", str(tmp_path)]) == 2
     assert "structure.K" in capsys.readouterr().err
     assert not (tmp_path / "tiny").exists()
+
+
+def test_results_are_written_after_every_seed(setup, tmp_path, monkeypatch):
+    import deep_retrieval.experiment as experiment
+
+    seen = []
+    write = experiment._write
+
+    def spy(*a, **kw):
+        out = write(*a, **kw)
+        seen.append((out["complete"], out["experiment"]["seeds"]))
+        return out
+
+    monkeypatch.setattr(experiment, "_write", spy)
+    exp = ExperimentConfig.from_toml(setup / "tiny_exp.toml")
+    run(exp, setup, tmp_path, log=lambda _: None)
+    assert seen == [(False, [0]), (True, [0, 1])]

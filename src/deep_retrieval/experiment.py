@@ -192,26 +192,35 @@ def run(exp: ExperimentConfig, data_root, results_dir="results", log=print) -> d
         })
         log(f"{exp.name}: seed {seed}: " + ", ".join(
             f"{r['method']} R@{r['k']} {r['recall']:.4f}" for r in res if r["k"] == ks[0]))
+        out = _write(exp, ds, runs, ks, results_dir, time.perf_counter() - t_start,
+                     done=len(runs) - 1 == len(exp.seeds))  # after every seed: a stop keeps them
+        log(f"wrote {Path(results_dir) / exp.name}/results.json and table.md "
+            f"({len(runs) - 1} of {len(exp.seeds)} seeds)")
+    return out
+
+
+def _write(exp, ds, runs, ks, results_dir, seconds, done: bool) -> dict:
+    seeds = [r["seed"] for r in runs if r["seed"] is not None]
     out = {
         "name": exp.name,
         "description": exp.description,
+        "complete": done,  # False while seeds are still to come
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.platform()}, nproc {os.cpu_count()}",
-        "experiment": asdict(exp),
+        "experiment": {**asdict(exp), "seeds": seeds, "seeds_planned": list(exp.seeds)},
         "dr_config": exp.dr(exp.seeds[0]).to_dict(),
         "dataset": {"n_items": ds.n_items, "n_train_users": len(ds.train),
                     "n_test_users": int((ds.test.truth.lengths > 0).sum()),
                     "n_val_users": len(ds.val)},
-        "seconds_total": time.perf_counter() - t_start,
+        "seconds_total": seconds,
         "summary": summarise(runs, ks),
         "runs": runs,
     }
-    out["dr_config"]["train"]["seed"] = list(exp.seeds)
+    out["dr_config"]["train"]["seed"] = seeds
     target = Path(results_dir) / exp.name
     target.mkdir(parents=True, exist_ok=True)
     atomic_write_json(target / "results.json", out)
     atomic_write_text(target / "table.md", table(out))
-    log(f"wrote {target / 'results.json'} and {target / 'table.md'}")
     return out
 
 
@@ -243,6 +252,8 @@ def table(out: dict) -> str:
     lines = [
         f"# {out['name']}\n",
         (exp["description"] + "\n") if exp["description"] else "",
+        "" if out.get("complete", True) else
+        f"**Partial: {len(seeds)} of {len(exp['seeds_planned'])} seeds finished.**\n",
         f"`dr experiment` on {out['machine']}, {out['date']}. Metrics in percent on "
         f"{out['dataset']['n_test_users']:,} test users ({out['dataset']['n_items']:,} items), "
         f"mean ± std over seeds {', '.join(map(str, seeds))} (popularity and Item-CF have no seed); "
