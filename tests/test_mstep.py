@@ -436,3 +436,74 @@ def test_kernel_equals_previous_kernel_on_random_data(seed, monkeypatch):
     old = coordinate_descent(table, N_v, prev, J, alpha, p, 3, rng)
     np.testing.assert_array_equal(got, old)
     assert len(np.unique(got)) > 1
+
+
+# The numpy row merge as it was before the numba kernel (frozen copy, whole table in one
+# block): the kernel must give the same tables, bit for bit.
+def _union_rows_v1(
+    pa: np.ndarray, sa: np.ndarray, pb: np.ndarray, sb: np.ndarray,
+    wa: float, fill: np.ndarray, S: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row-wise union of two lists per row, the S best kept.
+
+    For path c in row r of a (R, Sa) or b (R, Sb), the value is
+    ``wa * (sa[r, c] if c in a[r] else fill[r]) + (sb[r, c] if c in b[r] else 0)``,
+    computed in float64 and ranked as float32. Rows of a and of b hold distinct paths.
+    """
+    R, Sa = pa.shape
+    W = Sa + pb.shape[1]
+    big = np.iinfo(np.int64).max
+    p = np.concatenate([pa, pb], axis=1)  # (R, W)
+    x = np.concatenate([wa * sa.astype(np.float64), sb.astype(np.float64)], axis=1)  # (R, W)
+    p = np.where(p >= 0, p, big)
+    order = np.argsort(p, axis=1, kind="stable")  # by path; a's copy before b's
+    p = np.take_along_axis(p, order, axis=1)
+    x = np.take_along_axis(x, order, axis=1)
+    from_a = order < Sa  # (R, W)
+    valid = p != big
+    second = np.zeros((R, W), dtype=bool)  # b's copy of a path also in a
+    second[:, 1:] = (p[:, 1:] == p[:, :-1]) & valid[:, 1:]
+    x[:, :-1] += np.where(second[:, 1:], x[:, 1:], 0.0)  # both: wa * s + s'
+    only_b = valid & ~from_a & ~second
+    x += np.where(only_b, wa * fill[:, None], 0.0)  # only in b: wa * fill + s'
+    alive = valid & ~second
+    x32 = np.where(alive, x, -np.inf).astype(np.float32)
+    top = np.argsort(-x32, axis=1, kind="stable")[:, :S]  # ties keep path order
+    p = np.take_along_axis(p, top, axis=1)
+    x32 = np.take_along_axis(x32, top, axis=1)
+    ok = np.take_along_axis(alive, top, axis=1)
+    out_p = np.full((R, S), -1, dtype=np.int64)
+    out_s = np.zeros((R, S), dtype=np.float32)
+    w = top.shape[1]  # min(S, W)
+    out_p[:, :w] = np.where(ok, p, -1)
+    out_s[:, :w] = np.where(ok, x32, 0.0)
+    return out_p, out_s
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_merge_kernel_equals_previous_numpy_merge(seed):
+    rng = np.random.default_rng(seed)
+    V, n_paths = 3000, [8, 60, 10**6][seed % 3]
+    S = [3, 10, 25][seed % 3]
+    ties = seed % 2 == 0
+    old = random_table(rng, V, S, min(n_paths, 200), quantised=ties)
+    new = random_table(rng, V, S + seed % 2, min(n_paths, 200), quantised=ties)
+    if seed % 3 == 2:  # paths far apart, and empty / full rows on either side
+        old.paths[old.paths >= 0] += n_paths
+        new.paths[:500] = -1
+        new.scores[:500] = 0
+        old.paths[500:1000] = -1
+        old.scores[500:1000] = 0
+    for eta in (0.0, 0.999, 1.0, 0.3):
+        rec = old.paths >= 0
+        fill = np.where(rec, old.scores.astype(np.float64), np.inf).min(axis=1)
+        fill[~rec.any(axis=1)] = 0.0
+        for S_out in (S, 2 * S + 1, 1):
+            p, s = _union_rows_v1(old.paths, old.scores, new.paths, new.scores, eta, fill, S_out)
+            got = streaming_update(old, new, eta, S_out)
+            np.testing.assert_array_equal(got.paths, p)
+            np.testing.assert_array_equal(got.scores, s)
+    p, s = _union_rows_v1(old.paths, old.scores, new.paths, new.scores, 1.0, np.zeros(V), S)
+    got = merge_sum(old, new, S)
+    np.testing.assert_array_equal(got.paths, p)
+    np.testing.assert_array_equal(got.scores, s)

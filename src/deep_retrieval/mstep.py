@@ -19,7 +19,7 @@ from numba import njit
 
 from .paths import random_assignment
 
-_BLOCK = 1 << 16  # rows per block in the row-wise merges (bounds the temporaries)
+_BLOCK = 1 << 16  # rows per block in penalised_objective (bounds the temporaries)
 _DENSE_LIMIT = 1 << 25  # path ids below this index the size array directly
 
 
@@ -113,55 +113,103 @@ def collect_scores(
 
 
 # ------------------------------------------------------------- merging two tables
-def _union_rows(
-    pa: np.ndarray, sa: np.ndarray, pb: np.ndarray, sb: np.ndarray,
-    wa: float, fill: np.ndarray, S: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Row-wise union of two lists per row, the S best kept.
+@njit(cache=True)
+def _in_order(x32, p, n):
+    """True if (x32 descending, ties by path ascending) already holds for the n entries."""
+    for k in range(1, n):
+        if x32[k] > x32[k - 1] or (x32[k] == x32[k - 1] and p[k] < p[k - 1]):
+            return False
+    return True
+
+
+@njit(cache=True)
+def _union_kernel(pa, sa, pb, sb, wa, fill, out_p, out_s):
+    """Row-wise union of two lists per row, the S = out_p.shape[1] best kept, into out_*.
 
     For path c in row r of a (R, Sa) or b (R, Sb), the value is
     ``wa * (sa[r, c] if c in a[r] else fill[r]) + (sb[r, c] if c in b[r] else 0)``,
-    computed in float64 and ranked as float32. Rows of a and of b hold distinct paths.
+    computed in float64 (``wa * sa + sb`` for a path in both, ``sb + wa * fill`` for one
+    only in b) and ranked as float32: descending, ties by path id ascending. Rows of a and
+    of b hold distinct paths. One pass over the rows; a row with entries on one side only
+    that keep their order (a decayed row, a first list) is copied without sorting.
     """
     R, Sa = pa.shape
-    W = Sa + pb.shape[1]
-    big = np.iinfo(np.int64).max
-    p = np.concatenate([pa, pb], axis=1)  # (R, W)
-    x = np.concatenate([wa * sa.astype(np.float64), sb.astype(np.float64)], axis=1)  # (R, W)
-    p = np.where(p >= 0, p, big)
-    order = np.argsort(p, axis=1, kind="stable")  # by path; a's copy before b's
-    p = np.take_along_axis(p, order, axis=1)
-    x = np.take_along_axis(x, order, axis=1)
-    from_a = order < Sa  # (R, W)
-    valid = p != big
-    second = np.zeros((R, W), dtype=bool)  # b's copy of a path also in a
-    second[:, 1:] = (p[:, 1:] == p[:, :-1]) & valid[:, 1:]
-    x[:, :-1] += np.where(second[:, 1:], x[:, 1:], 0.0)  # both: wa * s + s'
-    only_b = valid & ~from_a & ~second
-    x += np.where(only_b, wa * fill[:, None], 0.0)  # only in b: wa * fill + s'
-    alive = valid & ~second
-    x32 = np.where(alive, x, -np.inf).astype(np.float32)
-    top = np.argsort(-x32, axis=1, kind="stable")[:, :S]  # ties keep path order
-    p = np.take_along_axis(p, top, axis=1)
-    x32 = np.take_along_axis(x32, top, axis=1)
-    ok = np.take_along_axis(alive, top, axis=1)
-    out_p = np.full((R, S), -1, dtype=np.int64)
-    out_s = np.zeros((R, S), dtype=np.float32)
-    w = top.shape[1]  # min(S, W)
-    out_p[:, :w] = np.where(ok, p, -1)
-    out_s[:, :w] = np.where(ok, x32, 0.0)
-    return out_p, out_s
+    Sb = pb.shape[1]
+    S = out_p.shape[1]
+    W = Sa + Sb
+    p = np.empty(W, dtype=np.int64)
+    x = np.empty(W, dtype=np.float64)
+    from_b = np.empty(W, dtype=np.bool_)
+    up = np.empty(W, dtype=np.int64)
+    ux = np.empty(W, dtype=np.float64)
+    ub = np.empty(W, dtype=np.bool_)
+    x32 = np.empty(W, dtype=np.float32)
+    for r in range(R):
+        n = 0
+        for k in range(Sa):
+            if pa[r, k] >= 0:
+                p[n] = pa[r, k]
+                x[n] = wa * np.float64(sa[r, k])
+                from_b[n] = False
+                n += 1
+        na = n
+        for k in range(Sb):
+            if pb[r, k] >= 0:
+                p[n] = pb[r, k]
+                x[n] = np.float64(sb[r, k])
+                from_b[n] = True
+                n += 1
+        if n == 0:
+            continue
+        add_b = wa * fill[r]
+        sorted_by_path = False
+        if na == 0 or na == n:  # one side only: no path in both
+            m = n
+            for k in range(m):
+                up[k] = p[k]
+                ux[k] = x[k]
+                ub[k] = from_b[k]
+        else:
+            order = np.argsort(p[:n], kind="mergesort")  # by path; a's copy before b's
+            m = 0
+            for i in range(n):
+                k = order[i]
+                if m > 0 and p[k] == up[m - 1]:
+                    ux[m - 1] += x[k]  # in both: wa * s + s'
+                    continue
+                up[m] = p[k]
+                ux[m] = x[k]
+                ub[m] = from_b[k]
+                m += 1
+            sorted_by_path = True
+        for k in range(m):
+            ux[k] += add_b if ub[k] else 0.0  # only in b: wa * fill + s'
+            x32[k] = np.float32(ux[k])
+        if _in_order(x32, up, m):
+            for i in range(min(S, m)):
+                out_p[r, i] = up[i]
+                out_s[r, i] = x32[i]
+            continue
+        if sorted_by_path:
+            by_path = np.arange(m)
+        else:
+            by_path = np.argsort(up[:m], kind="mergesort")
+        neg = np.empty(m, dtype=np.float32)
+        for i in range(m):
+            neg[i] = -x32[by_path[i]]
+        top = np.argsort(neg, kind="mergesort")  # score descending, ties by path ascending
+        for i in range(min(S, m)):
+            j = by_path[top[i]]
+            out_p[r, i] = up[j]
+            out_s[r, i] = x32[j]
 
 
 def _merge(a: ScoreTable, b: ScoreTable, wa: float, fill: np.ndarray, S: int) -> ScoreTable:
     if a.V != b.V:
         raise ValueError(f"tables cover different item counts: {a.V} and {b.V}")
     out = ScoreTable.empty(a.V, S)
-    for lo in range(0, a.V, _BLOCK):
-        r = slice(lo, lo + _BLOCK)
-        out.paths[r], out.scores[r] = _union_rows(
-            a.paths[r], a.scores[r], b.paths[r], b.scores[r], wa, fill[r], S
-        )
+    _union_kernel(a.paths, a.scores, b.paths, b.scores, float(wa),
+                  np.ascontiguousarray(fill, dtype=np.float64), out.paths, out.scores)
     return out
 
 
