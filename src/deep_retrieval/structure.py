@@ -75,15 +75,23 @@ class StructureModel(nn.Module):
     def path_logprob(self, u: Tensor, paths: Tensor) -> Tensor:
         """log p(c | u) = sum_d log p(c_d | u, c_<d) of every path.
 
-        u (batch, e), paths (batch, J, D) long -> (batch, J). All J paths go through
-        each layer in one batched pass of batch*J rows.
+        u (batch, e), paths (batch, J, D) long -> (batch, J). Layer 0 runs once per user;
+        later layers run on batch*J rows, with the user's share of their first Linear
+        computed once per user.
         """
         batch, J, D = paths.shape
-        uu = u[:, None, :].expand(batch, J, self.e).reshape(batch * J, self.e)  # (batch*J, e)
+        # layer 0 has no prefix: one pass per user, shared by its J paths
+        total = self.layer_logprobs(u, paths[:, 0, :0]).gather(1, paths[:, :, 0])  # (batch, J)
+        if D == 1:
+            return total
+        total = total.reshape(batch * J)  # (batch*J,)
         flat = paths.reshape(batch * J, D)  # (batch*J, D)
-        total = u.new_zeros(batch * J)  # (batch*J,)
-        for d in range(D):
-            logp = self.layer_logprobs(uu, flat[:, :d])  # (batch*J, K)
+        for d in range(1, D):
+            # the user's share of the first Linear once per user, the prefix's share per path
+            up = self.user_part(d, u)[:, None, :].expand(batch, J, -1).reshape(batch * J, -1)
+            nodes = torch.cat([self.node_emb[i](flat[:, i]) for i in range(d)], dim=1)  # (batch*J, d*e)
+            pre = up + F.linear(nodes, self.first[d].weight[:, self.e :])  # (batch*J, H)
+            logp = self.head_logprobs(d, pre)  # (batch*J, K)
             total = total + logp.gather(1, flat[:, d : d + 1]).squeeze(1)  # (batch*J,)
         return total.view(batch, J)  # (batch, J)
 
