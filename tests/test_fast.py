@@ -64,7 +64,7 @@ def test_paths_equal_at_paper_shape():
     """K=100, D=3, e=64, hidden 256, B=50 on a random structure model: identical paths."""
     torch.manual_seed(0)
     st = StructureModel(StructureConfig(K=100, D=3, hidden=(256,)), 64).eval()
-    u = torch.randn(40, 64)
+    u = torch.randn(12, 64)
     paths, logp = beam_search(st, u, 50)
     index = PathIndex(np.zeros((1, 1), dtype=np.int64))
     got_paths, got_logp = Retriever.from_parts(st, index, np.zeros((1, 64), np.float32)).beam(u.numpy(), 50)
@@ -81,6 +81,9 @@ def test_search_equals_recommend(model, data, B):
     got_ids, got_scores, n_cand = r.search(u_str, u_rr, k, B)
     same_up_to_ties(got_ids, got_scores, ids, scores)
     np.testing.assert_array_equal(n_cand, model.last_items_scored)
+    chunked = r.search(u_str, u_rr, k, B, chunk=5)  # several blocks of users: the same answer
+    for a, b in zip(chunked, (got_ids, got_scores, n_cand), strict=True):
+        np.testing.assert_array_equal(a, b)
     for u in range(len(hist)):  # batch 1 takes its own branch: the same answer, ties aside
         one = r.search(u_str[u : u + 1], u_rr[u : u + 1], k, B)
         same_up_to_ties(one[0], one[1], got_ids[u : u + 1], got_scores[u : u + 1])
@@ -94,14 +97,15 @@ def test_candidates_are_the_union_of_the_paths():
     r = Retriever(3, 3, np.zeros((1, 3)), np.zeros(3), [], [], index.path_ids, index.indptr,
                   index.items, np.zeros((50, 1), np.float32))
     flat = rng.integers(0, 27, size=(6, 4))
-    cand, lengths = r.candidates(flat)
+    items, row, lengths = r.candidates(flat)
     want = index.candidates(flat)
     np.testing.assert_array_equal(lengths, want.lengths)
+    np.testing.assert_array_equal(row, want.row_ids())
+    np.testing.assert_array_equal(items, want.values)  # batched: sorted within each row
     for u in range(6):
-        np.testing.assert_array_equal(cand[u, : lengths[u]], want[u])
-        assert np.all(cand[u, lengths[u] :] == -1)
-        one, n1 = r.candidates(flat[u : u + 1])
-        np.testing.assert_array_equal(one[0], want[u])
+        one, one_row, n1 = r.candidates(flat[u : u + 1])
+        np.testing.assert_array_equal(np.sort(one), want[u])  # one row: distinct, any order
+        assert n1[0] == len(one) and np.all(one_row == 0)
 
 
 def test_k_larger_than_candidates_pads(model, data):
@@ -117,3 +121,31 @@ def test_k_larger_than_candidates_pads(model, data):
         r.search(u_str, u_rr, 0, 1)
     with pytest.raises(ValueError):
         r.beam(u_str, 0)
+
+
+def test_save_load_round_trip(model, data, tmp_path):
+    hist = histories(data)
+    u_str, u_rr = model.user_embeddings(hist, "str"), model.user_embeddings(hist, "rr")
+    r = Retriever.from_model(model)
+    r.save(tmp_path / "r")
+    want = r.search(u_str, u_rr, 7, 3)
+    for mmap in (False, True):
+        got = Retriever.load(tmp_path / "r", mmap=mmap).search(u_str, u_rr, 7, 3)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_dense_scoring_gives_the_same_answer(model, data, monkeypatch):
+    """Above DENSE_FRACTION of V a user's candidates are scored by one full matrix-vector product."""
+    import deep_retrieval.fast as fast
+
+    hist = histories(data)
+    u_str, u_rr = model.user_embeddings(hist, "str"), model.user_embeddings(hist, "rr")
+    r = Retriever.from_model(model)
+    want = r.search(u_str, u_rr, 7, 3)
+    monkeypatch.setattr(fast, "DENSE_FRACTION", 0.0)
+    got = r.search(u_str, u_rr, 7, 3)
+    same_up_to_ties(got[0], got[1], want[0], want[1])
+    np.testing.assert_array_equal(got[2], want[2])
+    one = r.search(u_str[:1], u_rr[:1], 7, 3)
+    same_up_to_ties(one[0], one[1], want[0][:1], want[1][:1])

@@ -22,8 +22,13 @@ arithmetic there, numpy's small matmuls and ``argpartition`` do not.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 
+from .artifacts import atomic_dir, read_json
+from .errors import DRError
 from .structure import to_flat
 
 
@@ -47,6 +52,9 @@ def _top_sorted(score: np.ndarray, k: int) -> np.ndarray:
         part = np.broadcast_to(np.arange(m), score.shape)  # (n, m) every column
     order = np.argsort(-np.take_along_axis(score, part, axis=1), axis=1, kind="stable")
     return np.take_along_axis(part, order, axis=1)  # (n, k)
+
+
+DENSE_FRACTION = 1 / 8  # a user with more candidates than this share of V scores every item
 
 
 class Retriever:
@@ -74,6 +82,7 @@ class Retriever:
         self.indptr = indptr  # (P+1,) int64
         self.items = items  # (nnz,) int64 items of path p: items[indptr[p]:indptr[p+1]]
         self.item_emb = item_emb  # (V, e) float32 reranker output embeddings
+        self._stamp: np.ndarray | None = None  # (V,) scratch of candidates(), see there
         self.H = b_user.shape[0] // D
 
     @classmethod
@@ -103,6 +112,50 @@ class Retriever:
             tables, rest, index.path_ids, index.indptr, index.items,
             np.asarray(item_emb, dtype=np.float32),
         )
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path) -> None:
+        """Write the serving arrays as .npy files (no pickle) plus meta.json, atomically.
+
+        A server then needs only ``Retriever.load`` (no torch model, no M-step table).
+        """
+        arrays = self._arrays()
+        with atomic_dir(path) as tmp:
+            for name, a in arrays.items():
+                np.save(tmp / f"{name}.npy", a, allow_pickle=False)
+            meta = {"format_version": 1, "K": self.K, "D": self.D, "layers": [len(r) for r in self.rest]}
+            (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
+
+    @classmethod
+    def load(cls, path, mmap: bool = False) -> Retriever:
+        """Read what ``save`` wrote; ``mmap=True`` maps the item embeddings instead of reading them."""
+        path = Path(path)
+        meta = read_json(path / "meta.json", "retriever meta")
+        if meta.get("format_version") != 1:
+            raise DRError(f"retriever {path}: unknown format_version {meta.get('format_version')!r}")
+
+        def arr(name: str, mode=None) -> np.ndarray:
+            try:
+                return np.load(path / f"{name}.npy", mmap_mode=mode, allow_pickle=False)
+            except (FileNotFoundError, ValueError) as e:
+                raise DRError(f"retriever {path}: {name}.npy missing or unreadable ({e})") from None
+
+        K, D = int(meta["K"]), int(meta["D"])
+        tables = [arr(f"table{d}") for d in range(D)]
+        rest = [[(arr(f"rest{d}_{j}_w"), arr(f"rest{d}_{j}_b")) for j in range(n)]
+                for d, n in enumerate(meta["layers"])]
+        return cls(K, D, arr("w_user"), arr("b_user"), tables, rest, arr("path_ids"), arr("indptr"),
+                   arr("items"), arr("item_emb", "r" if mmap else None))
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        out = {"w_user": self.w_user, "b_user": self.b_user, "path_ids": self.path_ids,
+               "indptr": self.indptr, "items": self.items, "item_emb": self.item_emb}
+        for d, t in enumerate(self.tables):
+            out[f"table{d}"] = t
+        for d, layers in enumerate(self.rest):
+            for j, (W, b) in enumerate(layers):
+                out[f"rest{d}_{j}_w"], out[f"rest{d}_{j}_b"] = W, b
+        return out
 
     # ------------------------------------------------------------------ beam search
     def _head_logits(self, d: int, pre: np.ndarray) -> np.ndarray:
@@ -154,15 +207,20 @@ class Retriever:
         return paths, cum
 
     # ------------------------------------------------------------------ candidates
-    def candidates(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Distinct items on each row's paths: flat (n, B) -> (cand (n, m) padded -1, lengths (n,)).
+    def candidates(self, flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Distinct items on each row's paths, grouped by row: flat (n, B) ->
+        ``items`` (total,), ``row`` (total,) ascending, ``lengths`` (n,).
 
-        Within a row the candidates are sorted ascending (as ``PathIndex.candidates``).
+        Batched, the items of a row come sorted ascending (one sort of (row, item) keys,
+        as ``PathIndex.candidates``). For one row duplicates are dropped in O(total)
+        instead, with a (V,) scratch array of positions (so a Retriever is not for
+        concurrent use by several threads).
         """
         n, Bp = flat.shape
         P = len(self.path_ids)
         if P == 0:
-            return np.full((n, 0), -1, dtype=np.int64), np.zeros(n, dtype=np.int64)
+            empty = np.zeros(0, dtype=np.int64)
+            return empty, empty, np.zeros(n, dtype=np.int64)
         f = flat.reshape(-1)  # (n*B,)
         pos = np.minimum(np.searchsorted(self.path_ids, f), P - 1)  # (n*B,)
         start = self.indptr[pos]  # (n*B,)
@@ -171,20 +229,20 @@ class Retriever:
         # gathered position t of slice r reads items[start_r + t - offset_r]
         offset = np.cumsum(size) - size  # (n*B,)
         shift = np.repeat(start - offset, size)  # (total,)
-        items = self.items[np.arange(total) + shift]  # (total,) with duplicates
+        t = np.arange(total)  # (total,)
+        items = self.items[t + shift]  # (total,) with duplicates
         if n == 1:
-            items = np.unique(items)  # (m,) sorted, duplicates gone
-            return items[None, :], np.array([len(items)], dtype=np.int64)
+            if self._stamp is None:
+                self._stamp = np.empty(len(self.item_emb), dtype=np.int64)  # pages touched lazily
+            self._stamp[items] = t  # one position per distinct item survives the writes ...
+            items = items[self._stamp[items] == t]  # (m,) ... and keeps that occurrence
+            return items, np.zeros(len(items), dtype=np.int64), np.array([len(items)])
         V = max(len(self.item_emb), 1)
-        user = np.repeat(np.arange(n), size.reshape(n, Bp).sum(axis=1))  # (total,)
-        key = np.unique(user * V + items)  # sorted by (user, item), duplicates gone
-        user, items = np.divmod(key, V)
-        lengths = np.bincount(user, minlength=n)  # (n,)
-        m = int(lengths.max(initial=0))
-        col = np.arange(len(key)) - (np.cumsum(lengths) - lengths)[user]  # (total',) slot in row
-        cand = np.full((n, m), -1, dtype=np.int64)  # (n, m)
-        cand[user, col] = items
-        return cand, lengths
+        row = np.repeat(np.arange(n), size.reshape(n, Bp).sum(axis=1))  # (total,)
+        key = np.sort(row * V + items)  # by (row, item); np.unique's hash path is far slower
+        key = key[np.concatenate([[True], key[1:] != key[:-1]])]  # duplicates gone
+        row, items = np.divmod(key, V)
+        return items, row, np.bincount(row, minlength=n)
 
     # ------------------------------------------------------------------ search
     def search(
@@ -212,18 +270,23 @@ class Retriever:
     def _search(self, u_str, u_rr, k: int, B: int):
         n = u_rr.shape[0]
         paths, _ = self.beam(u_str, B)  # (n, B', D)
-        cand, lengths = self.candidates(to_flat(paths, self.K))  # (n, m), (n,)
-        m = cand.shape[1]
+        items, row, lengths = self.candidates(to_flat(paths, self.K))  # (total,), (total,), (n,)
         ids = np.full((n, k), -1, dtype=np.int64)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
+        m = int(lengths.max(initial=0))  # widest row
         if m == 0:
             return ids, scores, lengths
-        if n == 1:  # a matrix-vector product over the gathered rows
-            s = (self.item_emb[cand[0]] @ u_rr[0])[None, :]  # (1, m)
-        else:
-            w = self.item_emb[np.maximum(cand, 0)]  # (n, m, e)
-            s = np.matmul(w, u_rr[:, :, None])[:, :, 0]  # (n, m)
-            s[cand < 0] = -np.inf
+        if n == 1:
+            s = self._scores(items, u_rr[0])[None, :]  # (1, m)
+            cand = items[None, :]  # (1, m)
+        else:  # one user at a time (rows are contiguous), padded to (n, m)
+            s = np.full((n, m), -np.inf, dtype=np.float32)  # (n, m)
+            cand = np.full((n, m), -1, dtype=np.int64)  # (n, m)
+            ends = np.cumsum(lengths)
+            for i in range(n):
+                mine = items[ends[i] - lengths[i] : ends[i]]  # (m_i,)
+                s[i, : len(mine)] = self._scores(mine, u_rr[i])
+                cand[i, : len(mine)] = mine
         kk = min(k, m)
         top = _top_sorted(s, kk)  # (n, kk) best first
         top_s = np.take_along_axis(s, top, axis=1)  # (n, kk)
@@ -231,3 +294,14 @@ class Retriever:
         ids[:, :kk] = np.where(ok, np.take_along_axis(cand, top, axis=1), -1)
         scores[:, :kk] = np.where(ok, top_s, -np.inf)
         return ids, scores, lengths
+
+    def _scores(self, items: np.ndarray, u: np.ndarray) -> np.ndarray:
+        """Inner products of one user u (e,) with the given items (m,) -> (m,) float32.
+
+        Gathering m random rows costs several times more per row than streaming the
+        whole matrix, so above ``DENSE_FRACTION`` of the corpus every item is scored
+        (one matrix-vector product) and the candidates' scores are picked out.
+        """
+        if len(items) > DENSE_FRACTION * len(self.item_emb):
+            return (self.item_emb @ u)[items]  # (m,)
+        return self.item_emb[items] @ u  # (m,)
