@@ -300,3 +300,13 @@ def test_context_others_trains_on_every_item_of_a_row(data):
     assert np.all(lengths.numpy() == np.minimum(np.repeat(rows[rows >= 2], rows[rows >= 2]) - 1, 10))
     dr = DeepRetrieval(tiny_config(train__context="others")).fit(data, log=quiet)
     assert dr.log[0]["examples"] == len(others)
+
+
+def test_rerank_in_small_blocks_gives_the_same_result(model, data, monkeypatch):
+    import deep_retrieval.model as m
+
+    want = model.recommend(data.test.hist, 7)
+    monkeypatch.setattr(m, "RERANK_FLOATS", 1)  # one user per block
+    got = model.recommend(data.test.hist, 7)
+    np.testing.assert_array_equal(want[0], got[0])
+    np.testing.assert_array_equal(want[1], got[1])

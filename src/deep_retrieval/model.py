@@ -45,6 +45,7 @@ FORMAT_VERSION = 1
 # train.sparse_embeddings = "auto": sparse item-embedding gradients (+ SparseAdam) from this
 # many items on; below it a dense gradient is cheaper than coalescing a sparse one
 SPARSE_FROM_ITEMS = 100_000
+RERANK_FLOATS = 1 << 25  # most floats one rerank block gathers (128 MB)
 
 
 def uses_sparse_embeddings(cfg: Config, n_items: int) -> bool:
@@ -214,7 +215,10 @@ class DeepRetrieval(Recommender):
             padded, _ = pad_ragged(cands, max_len=int(cands.lengths.max(initial=0)))
             cand = torch.from_numpy(padded)  # (b, m) every candidate, padded -1
             width = cand.shape[1]
-            s = self.net.reranker.score(u_rr, cand)  # (b, m), -inf at pads
+            # score in row blocks so the (rows, m, e) gather stays under ~128 MB
+            step = max(1, RERANK_FLOATS // max(width * u_rr.shape[1], 1))
+            s = torch.cat([self.net.reranker.score(u_rr[i : i + step], cand[i : i + step])
+                           for i in range(0, len(rows), step)])  # (b, m), -inf at pads
             kk = min(k, width)
             top_s, top_j = torch.topk(s, kk, dim=1)  # (b, kk)
             top_ids = cand.gather(1, top_j)  # (b, kk)
