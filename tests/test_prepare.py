@@ -353,3 +353,12 @@ def test_pad_others_is_the_row_without_the_target(rows, max_len, data):
         assert lengths[b] == len(want)
         assert out[b, : len(want)].tolist() == want
         assert np.all(out[b, len(want):] == -1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(-5, 10**12), max_size=200))
+def test_unique_sorted_equals_numpy_unique(xs):
+    from deep_retrieval.data.dataset import unique_sorted
+
+    x = np.asarray(xs, dtype=np.int64)
+    np.testing.assert_array_equal(unique_sorted(x), np.unique(x))

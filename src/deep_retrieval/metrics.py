@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data.dataset import as_ragged
+from .data.dataset import as_ragged, unique_sorted
 from .errors import DRError
 
 METRICS = ("precision", "recall", "f1", "ndcg", "hit")
@@ -57,7 +57,7 @@ def per_user(recs: np.ndarray, truth, M: int) -> dict[str, np.ndarray]:
 
     # ground truth as a set of (user, item) keys
     base = int(max(top.max(initial=-1), truth.values.max(initial=-1))) + 1
-    tkeys = np.unique(truth.row_ids() * base + truth.values)  # (|unique pairs|,) sorted
+    tkeys = unique_sorted(truth.row_ids() * base + truth.values)  # (|unique pairs|,) sorted
     n_truth = np.bincount(tkeys // base, minlength=n).astype(np.int64)  # (n,) |G|
 
     # hits: first occurrence of a valid id whose key is in the truth

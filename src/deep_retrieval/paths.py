@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .data.dataset import Ragged
+from .data.dataset import Ragged, unique_sorted
 
 
 def random_assignment(V: int, J: int, n_paths: int, rng: np.random.Generator) -> np.ndarray:
@@ -96,7 +96,7 @@ class PathIndex:
         shift = np.repeat(self.indptr[pos] - starts, lengths)  # (total,)
         items = self.items[np.arange(len(shift), dtype=np.int64) + shift]  # (total,)
         users = np.repeat(np.arange(n * B, dtype=np.int64) // B, lengths)  # (total,)
-        key = np.unique(users * V + items)  # sorted by (user, item), duplicates gone
+        key = unique_sorted(users * V + items)  # sorted by (user, item), duplicates gone
         u = key // V
         return Ragged.from_lengths(key - u * V, np.bincount(u, minlength=n))
 

@@ -19,7 +19,7 @@ from typing import ClassVar, Self
 import numpy as np
 import torch
 
-from .data.dataset import Dataset, Ragged
+from .data.dataset import Dataset, Ragged, unique_sorted
 
 
 class Recommender(ABC):
@@ -45,7 +45,7 @@ class Recommender(ABC):
 def pairs_in_history(rows: np.ndarray, items: np.ndarray, hist: Ragged) -> np.ndarray:
     """(m,) True where ``items[j]`` is in the history row ``rows[j]`` (items may be -1)."""
     base = int(max(items.max(initial=-1), hist.values.max(initial=-1))) + 1
-    hkeys = np.unique(hist.row_ids() * base + hist.values)  # (|pairs|,) sorted
+    hkeys = unique_sorted(hist.row_ids() * base + hist.values)  # (|pairs|,) sorted
     if len(hkeys) == 0:
         return np.zeros(items.shape, dtype=bool)
     keys = rows * base + np.maximum(items, 0)

@@ -32,7 +32,7 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .beam import beam_search
-from .data.dataset import Dataset, pad_histories, pad_others
+from .data.dataset import Dataset, pad_histories, pad_others, unique_sorted
 from .errors import DRError
 from .metrics import compute
 from .model import DeepRetrieval, DRNet
@@ -192,7 +192,7 @@ def window_examples(ex: Examples, window: list[np.ndarray], V: int) -> tuple[np.
 
     An M-step spanning several epochs scores each example once (with the current model).
     """
-    idx = np.unique(np.concatenate(window))  # (n,)
+    idx = unique_sorted(np.concatenate(window))  # (n,)
     return idx, np.bincount(ex.targets[idx], minlength=V)
 
 

@@ -85,6 +85,16 @@ class Ragged:
         return [self[i].tolist() for i in range(len(self))]
 
 
+def unique_sorted(x) -> np.ndarray:
+    """``np.unique(x)`` of a 1-d integer array by one sort.
+
+    numpy 2's plain ``np.unique`` takes a hash-based path that is ~50x slower on millions of
+    int64 keys (4.0 s against 0.08 s for 4M keys here); the result is the same.
+    """
+    s = np.sort(np.asarray(x).reshape(-1))
+    return s[np.r_[True, s[1:] != s[:-1]]] if len(s) else s
+
+
 def as_ragged(histories) -> Ragged:
     """Accept a Ragged or any sequence of int sequences (the recommender contract's input)."""
     if isinstance(histories, Ragged):
