@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from deep_retrieval.baselines import ItemCF, Popularity
-from deep_retrieval.cli import _load_config
+from deep_retrieval.config import load_config
 from deep_retrieval.data.dataset import Dataset
 from deep_retrieval.data.synth import SynthConfig, cluster_purity, generate
 from deep_retrieval.evaluate import evaluate, format_table
@@ -49,7 +49,7 @@ def main() -> None:
     else:
         ds = Dataset.load(args.data)
         config = args.config or args.name
-    cfg = _load_config(config, tuple(args.overrides))
+    cfg = load_config(config, tuple(args.overrides))
     cfg.train.progress = False
 
     t0 = time.perf_counter()

@@ -38,8 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from deep_retrieval.cli import _load_config
-from deep_retrieval.config import Config
+from deep_retrieval.config import Config, load_config
 from deep_retrieval.data.dataset import Dataset
 from deep_retrieval.evaluate import evaluate
 from deep_retrieval.model import DeepRetrieval
@@ -152,7 +151,7 @@ def make_config(base: str, extra: list[str], overrides: dict, seed: int, quick: 
     sets += [f"train.seed={seed}", "train.threads=1", "train.progress=false"]
     if quick:
         sets.append(f"train.max_examples_per_epoch={QUICK_MAX_EXAMPLES}")
-    cfg = _load_config(base, tuple(sets))
+    cfg = load_config(base, tuple(sets))
     T, E = cfg.train, cfg.em
     if T.max_examples_per_epoch and E.mstep_every:
         # keep the schedule (M-step after the joint epochs) when epochs are subsampled

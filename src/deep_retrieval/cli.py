@@ -87,12 +87,6 @@ def synth(out, preset, seed, **kw) -> None:
 
 
 # ---------------------------------------------------------------------------- train
-def _load_config(config: str | None, overrides: tuple[str, ...]):
-    from .config import load_config
-
-    return load_config(config, overrides)
-
-
 @cli.command()
 @click.argument("data")
 @click.option("--config", default=None,
@@ -110,10 +104,11 @@ def train(data, config, overrides, out) -> None:
 
     import torch.distributed as dist
 
+    from .config import load_config
     from .data.dataset import Dataset
     from .model import DeepRetrieval
 
-    cfg = _load_config(config, overrides)
+    cfg = load_config(config, overrides)
     ds = Dataset.load(data)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:

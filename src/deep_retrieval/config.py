@@ -112,14 +112,7 @@ class Config:
 
     @classmethod
     def from_toml(cls, path) -> Config:
-        path = Path(path)
-        if not path.is_file():
-            raise DRError(f"config file {path} not found")
-        try:
-            d = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise DRError(f"config file {path} is not valid TOML: {e}") from None
-        return cls.from_dict(d, str(path))
+        return cls.from_dict(read_toml(path, "config file"), str(path))
 
     @classmethod
     def builtin(cls, name: str) -> Config:
@@ -165,6 +158,17 @@ class Config:
             if not ok:
                 raise DRError(f"invalid config: {msg}")
         return self
+
+
+def read_toml(path, what: str) -> dict:
+    """The table of a TOML file; a missing or malformed file is one DRError naming ``what``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DRError(f"{what} {path} not found")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise DRError(f"{what} {path} is not valid TOML: {e}") from None
 
 
 def _check_type(value, tp, where: str):

@@ -35,14 +35,13 @@ import os
 import platform
 import tempfile
 import time
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .artifacts import atomic_write_json, atomic_write_text
-from .config import Config, _build, load_config
+from .config import Config, _build, load_config, read_toml
 from .errors import DRError
 
 METRICS = ("precision", "recall", "f1", "ndcg")
@@ -96,13 +95,7 @@ class ExperimentConfig:
     @classmethod
     def from_toml(cls, path) -> ExperimentConfig:
         path = Path(path)
-        if not path.is_file():
-            raise DRError(f"experiment file {path} not found")
-        try:
-            d = tomllib.loads(path.read_text(encoding="utf-8"))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise DRError(f"experiment file {path} is not valid TOML: {e}") from None
-        exp = _build(cls, d, str(path))
+        exp = _build(cls, read_toml(path, "experiment file"), str(path))
         cfg_path = path.parent / exp.dr_config
         if exp.dr_config.endswith(".toml") and cfg_path.is_file():
             exp.dr_config = str(cfg_path)  # relative to the experiment file

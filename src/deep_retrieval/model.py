@@ -95,6 +95,52 @@ class DRNet(nn.Module):
         return list(self.reranker.parameters()) + list(enc.parameters())
 
 
+def write_model_dir(path, config: Config, tensors: dict, meta: dict, item_ids) -> None:
+    """A model directory, atomically: config.toml, model.safetensors, meta.json, item_ids.npy."""
+    with atomic_dir(path) as tmp:
+        (tmp / "config.toml").write_text(config.to_toml())
+        save_file(tensors, str(tmp / "model.safetensors"))
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        np.save(tmp / "item_ids.npy", np.asarray(item_ids), allow_pickle=False)
+
+
+def read_model_dir(path: Path, name: str | None = None) -> tuple[Config, dict, dict, np.ndarray]:
+    """(config, tensors, meta, item_ids) of a model directory; every defect is one DRError.
+
+    ``name``: the model kind ``meta.json`` must name (DeepRetrieval's meta names none).
+    """
+    if not path.is_dir():
+        raise DRError(f"model directory {path} not found")
+    meta = read_json(path / "meta.json", "model meta")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise DRError(f"model {path}: format_version {meta.get('format_version')!r}, "
+                      f"expected {FORMAT_VERSION}")
+    if meta.get("name") != name:
+        raise DRError(f"model {path} is a {meta.get('name') or 'dr'} model, not {name or 'dr'}")
+    cfg_file = path / "config.toml"
+    if not cfg_file.is_file():
+        raise DRError(f"model {path} has no config.toml")
+    try:
+        cfg = Config.from_dict(tomllib.loads(cfg_file.read_text()), str(cfg_file))
+    except tomllib.TOMLDecodeError as e:
+        raise DRError(f"model {path}: config.toml is not valid TOML: {e}") from None
+    weights = path / "model.safetensors"
+    if not weights.is_file():
+        raise DRError(f"model {path} has no model.safetensors")
+    try:
+        tensors = load_file(str(weights))
+    except Exception as e:  # safetensors raises its own error types on corrupt headers
+        raise DRError(f"model {path}: model.safetensors is corrupt ({e})") from None
+    try:
+        item_ids = np.load(path / "item_ids.npy", allow_pickle=False)
+    except (FileNotFoundError, ValueError) as e:
+        raise DRError(f"model {path}: item_ids.npy missing or unreadable ({e})") from None
+    V = int(meta.get("n_items", -1))
+    if len(item_ids) != V:
+        raise DRError(f"model {path}: item_ids.npy has {len(item_ids)} ids, expected {V}")
+    return cfg, tensors, meta, item_ids
+
+
 class DeepRetrieval(Recommender):
     """Deep Retrieval (Gao et al. 2020) behind the recommender contract."""
 
@@ -254,36 +300,13 @@ class DeepRetrieval(Recommender):
             "n_items": int(self.net.reranker.n_items),
             "log": self.log,
         }
-        with atomic_dir(path) as tmp:
-            (tmp / "config.toml").write_text(self.config.to_toml())
-            save_file(tensors, str(tmp / "model.safetensors"))
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-            item_ids = self.item_ids if self.item_ids is not None else np.arange(len(self.assignment))
-            np.save(tmp / "item_ids.npy", np.asarray(item_ids), allow_pickle=False)
+        item_ids = self.item_ids if self.item_ids is not None else np.arange(len(self.assignment))
+        write_model_dir(path, self.config, tensors, meta, item_ids)
 
     @classmethod
     def load(cls, path) -> Self:
         path = Path(path)
-        if not path.is_dir():
-            raise DRError(f"model directory {path} not found")
-        meta = read_json(path / "meta.json", "model meta")
-        if meta.get("format_version") != FORMAT_VERSION:
-            raise DRError(f"model {path}: format_version {meta.get('format_version')!r}, "
-                          f"expected {FORMAT_VERSION}")
-        cfg_file = path / "config.toml"
-        if not cfg_file.is_file():
-            raise DRError(f"model {path} has no config.toml")
-        try:
-            cfg = Config.from_dict(tomllib.loads(cfg_file.read_text()), str(cfg_file))
-        except tomllib.TOMLDecodeError as e:
-            raise DRError(f"model {path}: config.toml is not valid TOML: {e}") from None
-        weights = path / "model.safetensors"
-        if not weights.is_file():
-            raise DRError(f"model {path} has no model.safetensors")
-        try:
-            tensors = load_file(str(weights))
-        except Exception as e:  # safetensors raises its own error types on corrupt headers
-            raise DRError(f"model {path}: model.safetensors is corrupt ({e})") from None
+        cfg, tensors, meta, item_ids = read_model_dir(path)
         V = int(meta.get("n_items", -1))
         model = cls(cfg)
         state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
@@ -304,13 +327,7 @@ class DeepRetrieval(Recommender):
         model.set_assignment(pi)
         if "scores.paths" in tensors:
             model.scores = ScoreTable(tensors["scores.paths"].numpy(), tensors["scores.values"].numpy())
-        try:
-            model.item_ids = np.load(path / "item_ids.npy", allow_pickle=False)
-        except (FileNotFoundError, ValueError) as e:
-            raise DRError(f"model {path}: item_ids.npy missing or unreadable ({e})") from None
-        if len(model.item_ids) != V:
-            raise DRError(f"model {path}: item_ids.npy has {len(model.item_ids)} ids, expected {V}")
-        model.log = meta.get("log", [])
+        model.item_ids, model.log = item_ids, meta.get("log", [])
         model.net.eval()
         return model
 

@@ -12,27 +12,22 @@ and the unigram counts), ``meta.json``, ``item_ids.npy``.
 
 from __future__ import annotations
 
-import json
 import time
-import tomllib
 from pathlib import Path
 from typing import Self
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .artifacts import atomic_dir, read_json
 from .baselines import BruteForce
 from .config import Config
 from .data.dataset import Dataset, as_ragged, pad_ragged
 from .encoder import UserEncoder
 from .errors import DRError
+from .model import FORMAT_VERSION, read_model_dir, uses_sparse_embeddings, write_model_dir
 from .recommender import Recommender
 from .reranker import Reranker
-
-FORMAT_VERSION = 1
 
 
 class SoftmaxNet(nn.Module):
@@ -40,8 +35,6 @@ class SoftmaxNet(nn.Module):
 
     def __init__(self, n_items: int, cfg: Config, item_counts: np.ndarray | None = None):
         super().__init__()
-        from .model import uses_sparse_embeddings
-
         sparse = uses_sparse_embeddings(cfg, n_items)
         self.encoder = UserEncoder(n_items, cfg.encoder, sparse)
         self.reranker = Reranker(n_items, cfg.encoder.e, cfg.reranker, item_counts, cfg.train.seed, sparse)
@@ -131,39 +124,21 @@ class YouTubeDNN(Recommender):
         tensors = {k: v.detach().contiguous() for k, v in self.net.state_dict().items()}
         meta = {"format_version": FORMAT_VERSION, "name": self.name,
                 "n_items": int(self.net.reranker.n_items), "log": self.log}
-        with atomic_dir(path) as tmp:
-            (tmp / "config.toml").write_text(self.config.to_toml())
-            save_file(tensors, str(tmp / "model.safetensors"))
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-            ids = self.item_ids if self.item_ids is not None else np.arange(self.net.reranker.n_items)
-            np.save(tmp / "item_ids.npy", np.asarray(ids), allow_pickle=False)
+        ids = self.item_ids if self.item_ids is not None else np.arange(self.net.reranker.n_items)
+        write_model_dir(path, self.config, tensors, meta, ids)
 
     @classmethod
     def load(cls, path) -> Self:
         path = Path(path)
-        if not path.is_dir():
-            raise DRError(f"model directory {path} not found")
-        meta = read_json(path / "meta.json", "model meta")
-        if meta.get("format_version") != FORMAT_VERSION or meta.get("name") != cls.name:
-            raise DRError(f"{path} is not a {cls.name} model of format {FORMAT_VERSION}")
-        try:
-            cfg = Config.from_dict(tomllib.loads((path / "config.toml").read_text()), str(path))
-            tensors = load_file(str(path / "model.safetensors"))
-            item_ids = np.load(path / "item_ids.npy", allow_pickle=False)
-        except DRError:
-            raise
-        except Exception as e:  # missing files, bad TOML, safetensors' own header errors
-            raise DRError(f"model {path} is incomplete or corrupt ({e})") from None
-        V = int(meta.get("n_items", -1))
+        cfg, tensors, meta, item_ids = read_model_dir(path, cls.name)
         model = cls(cfg)
-        model.net = SoftmaxNet(V, cfg, tensors["item_counts"].numpy() if "item_counts" in tensors else None)
+        counts = tensors.get("item_counts")
+        model.net = SoftmaxNet(int(meta["n_items"]), cfg, None if counts is None else counts.numpy())
         try:
             model.net.load_state_dict(tensors, strict=True)
         except RuntimeError as e:
             raise DRError(f"model {path}: weights do not match config.toml "
                           f"({str(e).strip().splitlines()[0]})") from None
-        if len(item_ids) != V:
-            raise DRError(f"model {path}: item_ids.npy has {len(item_ids)} ids, expected {V}")
         model.item_ids, model.log = item_ids, meta.get("log", [])
         model.net.eval()
         return model

@@ -201,11 +201,6 @@ class Dataset:
         mask[starts] = False
         return np.flatnonzero(mask)
 
-    def example_starts(self, positions: np.ndarray) -> np.ndarray:
-        """(N,) start offset of the row that holds each example position."""
-        rows = np.searchsorted(self.train.offsets, positions, side="right") - 1
-        return self.train.offsets[rows]
-
     def item_counts(self) -> np.ndarray:
         """(n_items,) occurrences of each item as a training target (N_v of the M-step)."""
         pos = self.example_positions()
