@@ -152,6 +152,19 @@ def test_save_load_round_trip(model, data, tmp_path):
     assert loaded.log == json.loads(json.dumps(model.log))
 
 
+def test_gru_model_save_load_round_trip(data, tmp_path):
+    """Loading builds the net on the meta device and assigns the saved tensors: the GRU's
+    flat weights must follow, and nothing may stay on the meta device."""
+    m = DeepRetrieval(tiny_config(encoder__kind="gru")).fit(data, log=quiet)
+    m.save(tmp_path / "m")
+    loaded = DeepRetrieval.load(tmp_path / "m")
+    assert not any(t.is_meta for t in [*loaded.net.parameters(), *loaded.net.buffers()])
+    a = m.recommend(data.test.hist, 6)
+    b = loaded.recommend(data.test.hist, 6)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+
+
 def test_load_errors(model, tmp_path):
     with pytest.raises(DRError, match="not found"):
         DeepRetrieval.load(tmp_path / "missing")

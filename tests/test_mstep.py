@@ -154,8 +154,12 @@ def _df(x, p):  # the same formula as mstep._penalty_step
     return ((x + 1.0) ** p - x**p) / p
 
 
-def coordinate_descent_reference(table, N_v, prev, J, alpha, p, T, on_item=None):
-    """Algorithm 2 as printed in SPEC 5, plain Python, full scans (prev complete)."""
+def coordinate_descent_reference(table, N_v, prev, J, alpha, p, T, on_item=None, explore=False):
+    """Algorithm 2 as printed in SPEC 5, plain Python, full scans (prev complete).
+
+    ``explore``: the item's previous paths missing from its row are appended to its
+    candidates at the row's lowest positive score.
+    """
     V, S = table.paths.shape
     sizes = {}
     cur = [list(map(int, r)) for r in prev]
@@ -167,6 +171,9 @@ def coordinate_descent_reference(table, N_v, prev, J, alpha, p, T, on_item=None)
                 for c, s in zip(table.paths[v], table.scores[v], strict=True)
                 if c >= 0 and s > 0
             ]
+            if explore and cands:
+                floor = cands[-1][1]
+                cands += [(int(c), floor) for c in prev[v] if int(c) not in dict(cands)]
             for j in range(J):
                 if t > 0:
                     sizes[cur[v][j]] -= 1
@@ -208,6 +215,35 @@ def test_numba_equals_reference(seed):
     got = coordinate_descent(table, N_v, prev, J, alpha, p, 3, rng)
     ref = coordinate_descent_reference(table, N_v, prev, J, alpha, p, 3)
     np.testing.assert_array_equal(got, ref)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_numba_equals_reference_with_explore(seed):
+    rng = np.random.default_rng(100 + seed)
+    J = 1 + seed % 3
+    p = [4.0, 2.0, 3.0][seed % 3]
+    alpha = [0.0, 0.01, 0.3, 5.0][seed % 4]
+    table, N_v, prev = random_instance(rng, 25, 5, 10, J, ties=seed % 2 == 0)
+    got = coordinate_descent(table, N_v, prev, J, alpha, p, 3, rng, explore=True)
+    ref = coordinate_descent_reference(table, N_v, prev, J, alpha, p, 3, explore=True)
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_explore_keeps_items_off_a_shared_crowded_path():
+    """Every item's only candidate is path 0 (alike beams): Algorithm 2 as printed puts all
+    of them there; with explore the penalty sends them back to their own paths."""
+    V = 200
+    table = ScoreTable(np.zeros((V, 1), dtype=np.int64), np.ones((V, 1), dtype=np.float32))
+    N_v = np.ones(V)
+    prev = np.arange(1, V + 1)[:, None]
+    rng = np.random.default_rng(0)
+    plain = coordinate_descent(table, N_v, prev, 1, 1e-3, 4.0, 3, rng)
+    assert (plain == 0).all()
+    got = coordinate_descent(table, N_v, prev, 1, 1e-3, 4.0, 3, rng, explore=True)
+    # the first items take path 0 while its penalty step is below the (zero) score gap:
+    # alpha * f'(n) <= 0 never holds for n >= 0, so only ties keep path 0: none here
+    on0 = int((got == 0).sum())
+    assert on0 < 20 and ((got == 0) | (got == prev)).all()
 
 
 def test_sparse_slot_mapping_gives_the_same_result(monkeypatch):
@@ -432,7 +468,7 @@ def test_kernel_equals_previous_kernel_on_random_data(seed, monkeypatch):
     N_v = np.where(rng.random(V) < 0.05, 0, 1 + rng.pareto(1.2, V)).astype(np.int64)
     prev = np.stack([rng.choice(n_paths, J, replace=False) for _ in range(V)])
     got = coordinate_descent(table, N_v, prev, J, alpha, p, 3, rng)
-    monkeypatch.setattr(mstep, "_cd_kernel", lambda *a: _cd_kernel_v1(*a[:-1], len(a[-1])))
+    monkeypatch.setattr(mstep, "_cd_kernel", lambda *a: _cd_kernel_v1(*a[:-2], len(a[-2])))
     old = coordinate_descent(table, N_v, prev, J, alpha, p, 3, rng)
     np.testing.assert_array_equal(got, old)
     assert len(np.unique(got)) > 1

@@ -69,6 +69,9 @@ class EMConfig:
     eta: float = 0.999  # streaming decay
     T: int = 3  # coordinate-descent iterations
     mstep_every: int = 0  # batches between M-steps; 0 = once per epoch (the paper)
+    # our addition: an item's current paths stay candidates in coordinate descent, at its
+    # row's lowest score, so that crowded beam paths cannot absorb every item (mstep.py)
+    explore: bool = False
 
 
 @dataclass

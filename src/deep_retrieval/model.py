@@ -141,6 +141,24 @@ def read_model_dir(path: Path, name: str | None = None) -> tuple[Config, dict, d
     return cfg, tensors, meta, item_ids
 
 
+def load_net(build, state: dict, path: Path) -> nn.Module:
+    """``build()``'s module with ``state``'s tensors as its weights, without a second copy.
+
+    The module is built on the meta device (no random init, no memory) and takes the loaded
+    tensors themselves (``assign=True``), so a load peaks at one copy of the weights; its
+    reranker's sampling buffers, which are not saved, are rebuilt from ``item_counts``.
+    """
+    with torch.device("meta"):
+        net = build()
+    try:
+        net.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise DRError(f"model {path}: weights do not match config.toml ({first})") from None
+    net.reranker.set_sampling(net.item_counts.numpy())
+    return net.eval()
+
+
 class DeepRetrieval(Recommender):
     """Deep Retrieval (Gao et al. 2020) behind the recommender contract."""
 
@@ -310,13 +328,7 @@ class DeepRetrieval(Recommender):
         V = int(meta.get("n_items", -1))
         model = cls(cfg)
         state = {k[4:]: v for k, v in tensors.items() if k.startswith("net.")}
-        counts = state.get("item_counts")
-        model.net = DRNet(V, cfg, item_counts=None if counts is None else counts.numpy())
-        try:
-            model.net.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            first = str(e).strip().splitlines()[0]
-            raise DRError(f"model {path}: weights do not match config.toml ({first})") from None
+        model.net = load_net(lambda: DRNet(V, cfg), state, path)
         if "assignment" not in tensors:
             raise DRError(f"model {path}: model.safetensors lacks the path assignment")
         pi = tensors["assignment"].numpy()

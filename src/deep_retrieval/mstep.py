@@ -266,7 +266,7 @@ def _first_unsorted_row(scores):
 
 
 @njit(cache=True)
-def _cd_kernel(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, sizes):
+def _cd_kernel(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, sizes, explore):
     """Algorithm 2 on dense slots (see ``coordinate_descent``); returns (V, J) slots.
 
     ``sizes`` (n_slots,) zeros, int32 when V * J < 2^31 (half the cache footprint of the
@@ -311,6 +311,30 @@ def _cd_kernel(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, 
                         val = gain - pen
                         if val > best_val:
                             best, best_val, best_s = c, val, sc
+                    if explore:  # previous paths outside the row compete at the row's floor
+                        floor = 0.0
+                        for k in range(S):
+                            if cand[v, k] < 0 or not score[v, k] > 0.0:
+                                break
+                            floor = np.float64(score[v, k])
+                        if floor > 0.0:
+                            for i in range(J):
+                                c = prev[v, i]
+                                if c < 0:
+                                    continue
+                                skip = False
+                                for k in range(S):
+                                    if cand[v, k] == c:
+                                        skip = True  # in the row: scanned with its own score
+                                for i2 in range(j):
+                                    if cur[v, i2] == c:
+                                        skip = True
+                                if skip:
+                                    continue
+                                val = w * math.log(partial + floor)
+                                val -= alpha * _penalty_step(np.float64(sizes[c]), power)
+                                if val > best_val:
+                                    best, best_val, best_s = c, val, floor
                 if best < 0:  # no candidate left: previous paths, then reserve
                     for i in range(2 * J):
                         if i < J:
@@ -347,6 +371,7 @@ def coordinate_descent(
     rng: np.random.Generator,
     *,
     n_paths: int | None = None,
+    explore: bool = False,
 ) -> np.ndarray:
     """Algorithm 2 of the paper as printed in SPEC 5, exact and sequential (numba).
 
@@ -368,6 +393,15 @@ def coordinate_descent(
     per path in the sizes seen by later items (from its visit in iteration 1 onwards).
     Rows of ``prev`` without J distinct valid (>= 0) paths get J random distinct paths
     from ``rng`` as a last resort after their valid ones; this needs ``n_paths``.
+
+    ``explore=True`` (our addition, ``em.explore``): an item's previous paths that are not
+    in its row are candidates too, at the row's lowest positive score (the floor the
+    streaming update gives a path it has not seen, SPEC 5). Without it an item can only
+    move to paths its users' beams reach; when early beams are alike for every user, all
+    items share the same few candidates and the penalty has nowhere to send them (at
+    10^5 synthetic items: ~16 paths of ~19,000 items each). With it, a crowded candidate
+    loses to the item's current path once its penalty outweighs the score gap. Ties go
+    to the row's own candidates.
 
     Sizes are indexed by the path id itself when every id in play is < 2^25, else by
     its rank among the ids in play (np.unique); the result is the same. The scan over a
@@ -423,7 +457,7 @@ def coordinate_descent(
     sizes = np.zeros(max(hi, 1), dtype=np.int32 if V * J < 2**31 else np.int64)
     out = _cd_kernel(
         paths, scores, nv, prev, reserve, reserve_row,
-        J, float(alpha), float(penalty_power), T, sizes,
+        J, float(alpha), float(penalty_power), T, sizes, bool(explore),
     )
     return out if ids is None else ids[out]
 

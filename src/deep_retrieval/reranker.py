@@ -42,19 +42,24 @@ class Reranker(nn.Module):
     ):
         super().__init__()
         self.n_items, self.negatives, self.seed = n_items, cfg.negatives, seed
+        self.cfg = cfg
         self.item_emb = nn.Embedding(n_items, e, sparse=sparse)  # sparse: as the encoder's
         nn.init.normal_(self.item_emb.weight, std=e**-0.5)  # logits of order 1 at init
-        if cfg.sampling == "unigram" and item_counts is not None:
+        self.set_sampling(item_counts)
+        self._gen: torch.Generator | None = None
+
+    def set_sampling(self, item_counts: np.ndarray | None) -> None:
+        """(Re)build the proposal Q (V,) of the negatives and its log, on the CPU."""
+        if self.cfg.sampling == "unigram" and item_counts is not None:
             counts = np.asarray(item_counts, dtype=np.float64)
-            if counts.shape != (n_items,):
-                raise ValueError(f"item_counts has shape {counts.shape}, expected ({n_items},)")
-            weights = np.maximum(counts, 1.0) ** cfg.unigram_power  # (V,)
+            if counts.shape != (self.n_items,):
+                raise ValueError(f"item_counts has shape {counts.shape}, expected ({self.n_items},)")
+            weights = np.maximum(counts, 1.0) ** self.cfg.unigram_power  # (V,)
         else:
-            weights = np.ones(n_items)  # (V,)
-        q = torch.as_tensor(weights / weights.sum(), dtype=torch.float32)  # (V,)
+            weights = np.ones(self.n_items)  # (V,)
+        q = torch.tensor(weights / weights.sum(), dtype=torch.float32, device="cpu")  # (V,)
         self.register_buffer("q", q, persistent=False)
         self.register_buffer("log_q", q.log(), persistent=False)
-        self._gen: torch.Generator | None = None
 
     # ------------------------------------------------------------ scoring
     def score(self, u: Tensor, items: Tensor) -> Tensor:

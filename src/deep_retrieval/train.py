@@ -225,7 +225,8 @@ def m_step(model: DeepRetrieval, ex: Examples, idx: np.ndarray, N_v: np.ndarray)
     model.scores = streaming_update(model.scores, new, E.eta)
     rng = np.random.default_rng(cfg.train.seed + len(model.log) + 1)
     pi = coordinate_descent(
-        model.scores, N_v, model.assignment, S.J, E.alpha, E.penalty_power, E.T, rng, n_paths=S.K**S.D
+        model.scores, N_v, model.assignment, S.J, E.alpha, E.penalty_power, E.T, rng,
+        n_paths=S.K**S.D, explore=E.explore,
     )
     t2 = time.perf_counter()
     model.set_assignment(pi)

@@ -25,7 +25,7 @@ from .config import Config
 from .data.dataset import Dataset, as_ragged, pad_ragged
 from .encoder import UserEncoder
 from .errors import DRError
-from .model import FORMAT_VERSION, read_model_dir, uses_sparse_embeddings, write_model_dir
+from .model import FORMAT_VERSION, load_net, read_model_dir, uses_sparse_embeddings, write_model_dir
 from .recommender import Recommender
 from .reranker import Reranker
 
@@ -132,13 +132,6 @@ class YouTubeDNN(Recommender):
         path = Path(path)
         cfg, tensors, meta, item_ids = read_model_dir(path, cls.name)
         model = cls(cfg)
-        counts = tensors.get("item_counts")
-        model.net = SoftmaxNet(int(meta["n_items"]), cfg, None if counts is None else counts.numpy())
-        try:
-            model.net.load_state_dict(tensors, strict=True)
-        except RuntimeError as e:
-            raise DRError(f"model {path}: weights do not match config.toml "
-                          f"({str(e).strip().splitlines()[0]})") from None
+        model.net = load_net(lambda: SoftmaxNet(int(meta["n_items"]), cfg), tensors, path)
         model.item_ids, model.log = item_ids, meta.get("log", [])
-        model.net.eval()
         return model
