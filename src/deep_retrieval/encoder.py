@@ -15,6 +15,7 @@ Truncation to the most recent ``max_seq_len`` items happens there, not here.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import EncoderConfig
@@ -37,11 +38,14 @@ class UserEncoder(nn.Module):
     def forward(self, hist: Tensor, lengths: Tensor) -> Tensor:
         """hist (batch, L) long padded with -1, lengths (batch,) long -> (batch, e)."""
         valid = hist >= 0  # (batch, L)
-        x = self.item_emb(torch.where(valid, hist, self.n_items))  # (batch, L, item_dim)
-        if self.kind == "mean":
-            total = (x * valid.unsqueeze(2)).sum(1)  # (batch, item_dim)
-            mean = total / lengths.clamp(min=1).unsqueeze(1).to(x.dtype)  # (batch, item_dim)
+        idx = torch.where(valid, hist, self.n_items)  # (batch, L), padding row n_items
+        if self.kind == "mean":  # one fused lookup-and-sum: no (batch, L, item_dim) tensor
+            emb = self.item_emb
+            total = F.embedding_bag(idx, emb.weight, mode="sum", sparse=emb.sparse,
+                                    padding_idx=self.n_items)  # (batch, item_dim)
+            mean = total / lengths.clamp(min=1).unsqueeze(1).to(total.dtype)  # (batch, item_dim)
             return self.proj(mean)  # (batch, e)
+        x = self.item_emb(idx)  # (batch, L, item_dim)
         out, _ = self.gru(x)  # (batch, L, e) hidden state after each position
         last = (lengths - 1).clamp(min=0)  # (batch,)
         h = out.gather(1, last.view(-1, 1, 1).expand(-1, 1, self.e)).squeeze(1)  # (batch, e)
