@@ -45,13 +45,14 @@ def _add_log_softmax(x: np.ndarray, base: np.ndarray) -> np.ndarray:
 
 def _top_sorted(score: np.ndarray, k: int) -> np.ndarray:
     """Column indices of the k largest entries of each row, sorted descending: (n, m) -> (n, k)."""
-    m = score.shape[1]
+    n, m = score.shape
+    rows = np.arange(n)[:, None]  # (n, 1); plain indexing: take_along_axis costs ~15 us a call
     if k < m:
         part = np.argpartition(score, m - k, axis=1)[:, m - k :]  # (n, k) the k largest, unordered
     else:
         part = np.broadcast_to(np.arange(m), score.shape)  # (n, m) every column
-    order = np.argsort(-np.take_along_axis(score, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)  # (n, k)
+    order = np.argsort(-score[rows, part], axis=1, kind="stable")
+    return part[rows, order]  # (n, k)
 
 
 DENSE_FRACTION = 1 / 8  # a user with more candidates than this share of V scores every item
@@ -289,9 +290,10 @@ class Retriever:
                 cand[i, : len(mine)] = mine
         kk = min(k, m)
         top = _top_sorted(s, kk)  # (n, kk) best first
-        top_s = np.take_along_axis(s, top, axis=1)  # (n, kk)
+        rows = np.arange(n)[:, None]  # (n, 1)
+        top_s = s[rows, top]  # (n, kk)
         ok = np.isfinite(top_s)
-        ids[:, :kk] = np.where(ok, np.take_along_axis(cand, top, axis=1), -1)
+        ids[:, :kk] = np.where(ok, cand[rows, top], -1)
         scores[:, :kk] = np.where(ok, top_s, -np.inf)
         return ids, scores, lengths
 
@@ -304,4 +306,4 @@ class Retriever:
         """
         if len(items) > DENSE_FRACTION * len(self.item_emb):
             return (self.item_emb @ u)[items]  # (m,)
-        return self.item_emb[items] @ u  # (m,)
+        return np.take(self.item_emb, items, axis=0) @ u  # (m,); take: ~40% faster than E[items]
