@@ -60,10 +60,13 @@ def dr_config(args) -> Config:
     cfg = Config.builtin("paper-amazon")
     cfg.encoder.kind, cfg.encoder.shared, cfg.encoder.item_dim = "mean", True, 32
     cfg.em.S = args.em_S
-    cfg.em.mstep_every = args.mstep_every
+    # M-steps every mstep_every batches, the last one on the epoch's last batch: the items
+    # of the last window then land on paths the final structure model's beams reach
+    batches = args.train_examples // cfg.train.batch_size // args.msteps * args.msteps
+    cfg.em.mstep_every = batches // args.msteps
     t = cfg.train
     t.epochs_joint, t.epochs_dr = args.epochs_joint, args.epochs_dr
-    t.max_examples_per_epoch = args.train_examples
+    t.max_examples_per_epoch = batches * t.batch_size
     t.threads, t.progress = 1, False
     return cfg.validate()
 
@@ -462,9 +465,10 @@ def readme_section(results: list[dict], tg: dict, args, B: int, command: str) ->
         f"is not timed), top-{TOPK}; DR = `fast.Retriever.search` (beam + candidate gather + rerank). "
         f"DR trained at paper-amazon (K=100, D=3, J=3) with a shared mean encoder (item_dim 32), "
         f"em.S={args.em_S}, em.explore={results[0]['train'].get('config', {}).get('em', {}).get('explore')}, "
-        f"em.mstep_every={args.mstep_every}, {args.epochs_joint} joint + "
+        f"{args.msteps} M-steps per epoch (the last on its last batch), {args.epochs_joint} joint + "
         f"{args.epochs_dr} DR-only epoch(s) of "
-        f"{args.train_examples:,} examples on "
+        f"{results[0]['train'].get('config', {}).get('train', {}).get('max_examples_per_epoch', 0):,} "
+        "examples on "
         f"{args.users:,} synthetic users / {args.interactions:,} interactions. Recall@200 is against "
         "the exact top-200 of the same reranker embeddings.",
         "",
@@ -554,9 +558,9 @@ def main() -> None:
     ap.add_argument("--latency-users", type=int, default=300, help="users of batch-1 timing")
     ap.add_argument("--exact-users-large", type=int, default=50, help="batch-1 exact users at V > 2M")
     ap.add_argument("--train-examples", type=int, default=1_000_000, help="examples per epoch")
-    ap.add_argument("--mstep-every", type=int, default=1000,
-                    help="batches between M-steps (0 = once per epoch: the structure model then "
-                         "never trains on the assignment it ends with)")
+    ap.add_argument("--msteps", type=int, default=3,
+                    help="M-steps per epoch, evenly spaced, the last on the epoch's last batch "
+                         "(--train-examples is rounded down to fit)")
     ap.add_argument("--epochs-joint", type=int, default=1)
     ap.add_argument("--epochs-dr", type=int, default=0,
                     help="DR-only epochs (default 0: at this training budget the DR-only epoch "
