@@ -275,6 +275,21 @@ def _cd_kernel(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, 
     V, S = cand.shape
     cur = np.empty((V, J), dtype=np.int64)  # during item v: new paths 0..j-1, old j..J-1
     bound_pen = alpha * _penalty_step(0.0, power)  # the smallest penalty step
+    # explore: each row's floor (lowest positive score) and which previous paths it lacks
+    floor = np.zeros(V if explore else 0)
+    outside = np.zeros((V if explore else 0, J), dtype=np.bool_)
+    if explore:
+        for v in range(V):
+            for k in range(S):
+                if cand[v, k] < 0 or not score[v, k] > 0.0:
+                    break
+                floor[v] = np.float64(score[v, k])
+            for i in range(J):
+                c = prev[v, i]
+                outside[v, i] = c >= 0
+                for k in range(S):
+                    if cand[v, k] == c:
+                        outside[v, i] = False
     for t in range(T):
         for v in range(V):
             w = nv[v]
@@ -311,30 +326,22 @@ def _cd_kernel(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, 
                         val = gain - pen
                         if val > best_val:
                             best, best_val, best_s = c, val, sc
-                    if explore:  # previous paths outside the row compete at the row's floor
-                        floor = 0.0
-                        for k in range(S):
-                            if cand[v, k] < 0 or not score[v, k] > 0.0:
-                                break
-                            floor = np.float64(score[v, k])
-                        if floor > 0.0:
-                            for i in range(J):
-                                c = prev[v, i]
-                                if c < 0:
-                                    continue
-                                skip = False
-                                for k in range(S):
-                                    if cand[v, k] == c:
-                                        skip = True  # in the row: scanned with its own score
-                                for i2 in range(j):
-                                    if cur[v, i2] == c:
-                                        skip = True
-                                if skip:
-                                    continue
-                                val = w * math.log(partial + floor)
-                                val -= alpha * _penalty_step(np.float64(sizes[c]), power)
-                                if val > best_val:
-                                    best, best_val, best_s = c, val, floor
+                    if explore and floor[v] > 0.0:  # previous paths outside the row, at its floor
+                        fl = floor[v]
+                        for i in range(J):
+                            if not outside[v, i]:
+                                continue  # invalid, or in the row: scanned with its own score
+                            c = prev[v, i]
+                            taken = False
+                            for i2 in range(j):
+                                if cur[v, i2] == c:
+                                    taken = True
+                            if taken:
+                                continue
+                            val = w * math.log(partial + fl)
+                            val -= alpha * _penalty_step(np.float64(sizes[c]), power)
+                            if val > best_val:
+                                best, best_val, best_s = c, val, fl
                 if best < 0:  # no candidate left: previous paths, then reserve
                     for i in range(2 * J):
                         if i < J:
