@@ -3,7 +3,8 @@
 For every corpus size V (synthetic data, ``data/synth.py``) a DR model is trained at the
 paper's Amazon setting (``paper-amazon``: K=100, D=3, J=3, B=50, e=64), with a shared
 mean-pool encoder of item_dim 32 so that V = 10^7 fits in memory, a capped number of
-training examples per epoch, 1 joint epoch (--epochs-dr 0 by default), one thread. Then, from
+training examples per epoch, 1 joint epoch (--epochs-dr 0 by default), --msteps evenly
+spaced M-steps with the last on the epoch's last batch, one thread. Then, from
 PRECOMPUTED user embeddings of the test users (the encoder is not timed):
 
 - DR: ``fast.Retriever.search`` (beam search + candidate gather + inner-product rerank +
