@@ -165,6 +165,21 @@ def test_gru_model_save_load_round_trip(data, tmp_path):
     np.testing.assert_array_equal(a[1], b[1])
 
 
+@pytest.mark.parametrize("explore", [False, True])
+def test_em_explore_reaches_coordinate_descent(data, monkeypatch, explore):
+    from deep_retrieval import mstep, train
+
+    seen = []
+
+    def spy(*a, **kw):
+        seen.append(kw["explore"])
+        return mstep.coordinate_descent(*a, **kw)
+
+    monkeypatch.setattr(train, "coordinate_descent", spy)
+    DeepRetrieval(tiny_config(em__explore=explore)).fit(data, log=quiet)
+    assert seen and set(seen) == {explore}
+
+
 def test_load_errors(model, tmp_path):
     with pytest.raises(DRError, match="not found"):
         DeepRetrieval.load(tmp_path / "missing")
