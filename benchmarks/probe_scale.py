@@ -1,0 +1,75 @@
+"""Recall probe at one corpus size: train DR with bench_scale's settings, then recall@200 of
+DR against the exact top-200 of its own reranker at several B, batched (512 test users).
+
+    python benchmarks/probe_scale.py --V 1.5e6 --train-examples 4000000 [--msteps 3]
+        [--out benchmarks/out/scale_probe.json]
+
+Also reports how spread the exact top-200 lists are over users (distinct items, share in the
+200 most common): with little training the reranker is mostly popularity and recall is easy.
+No latency targets here (batched times only); bench_scale.py is the benchmark.
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import bench_scale as bs  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from deep_retrieval.data.synth import generate  # noqa: E402
+from deep_retrieval.fast import Retriever  # noqa: E402
+from deep_retrieval.model import DeepRetrieval  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--V", type=float, default=1.5e6)
+    ap.add_argument("--train-examples", type=int, default=1_000_000)
+    ap.add_argument("--msteps", type=int, default=3)
+    ap.add_argument("--em-S", type=int, default=10)
+    ap.add_argument("--out", default=str(bs.OUT / "scale_probe.json"))
+    a = ap.parse_args()
+    args = argparse.Namespace(users=300_000, interactions=10_000_000, val_users=0, queries=1000,
+                              em_S=a.em_S, msteps=a.msteps, epochs_joint=1, epochs_dr=0,
+                              train_examples=a.train_examples)
+    V = int(a.V)
+    ds, _ = generate(bs.synth_config(V, args))
+    cfg = bs.dr_config(args)
+    t0 = time.perf_counter()
+    m = DeepRetrieval(cfg).fit(ds, log=lambda s: print(" ", s, flush=True))
+    res: dict = {"V": V, "train_s": time.perf_counter() - t0, "config": cfg.to_dict(),
+                 "paths": m.log[-1]["paths"]}
+    torch.set_num_threads(1)
+    U = m.user_embeddings(ds.test.hist, "rr")[:512]
+    E = m.net.reranker.item_emb.weight.detach().numpy()
+    t0 = time.perf_counter()
+    truth = bs.exact_numpy(E, U, bs.TOPK)
+    res["exact_ms_per_user_b512"] = (time.perf_counter() - t0) / len(U) * 1e3
+    ids, cnt = np.unique(truth, return_counts=True)
+    common = np.isin(truth, ids[np.argsort(-cnt)[: bs.TOPK]]).mean()
+    res["exact_top200_spread"] = {"users": len(U), "distinct_items": int(len(ids)),
+                                  "share_in_200_most_common": float(common)}
+    r = Retriever.from_model(m)
+    res["dr"] = []
+    for B in (10, 50, 100, 200, 400):
+        t0 = time.perf_counter()
+        found, _, n_cand = r.search(U, U, bs.TOPK, B)
+        res["dr"].append({"B": B, "recall_at_200": bs.recall(found, truth),
+                          "candidates_mean": float(n_cand.mean()),
+                          "ms_per_user_b512": (time.perf_counter() - t0) / len(U) * 1e3})
+        print(res["dr"][-1], flush=True)
+    Path(a.out).write_text(json.dumps(res, indent=1, default=float) + "\n")
+    print(json.dumps({k: v for k, v in res.items() if k not in ("config", "dr")}, default=float))
+
+
+if __name__ == "__main__":
+    main()
