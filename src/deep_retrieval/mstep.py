@@ -326,8 +326,10 @@ def _cd_kernel(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, 
                         val = gain - pen
                         if val > best_val:
                             best, best_val, best_s = c, val, sc
-                    if explore and floor[v] > 0.0:  # previous paths outside the row, at its floor
-                        fl = floor[v]
+                    # previous paths outside the row, at its floor: one gain for all of them
+                    fl = floor[v] if explore else 0.0
+                    gain_fl = w * math.log(partial + fl) if fl > 0.0 else -np.inf
+                    if gain_fl - bound_pen > best_val:
                         for i in range(J):
                             if not outside[v, i]:
                                 continue  # invalid, or in the row: scanned with its own score
@@ -338,8 +340,7 @@ def _cd_kernel(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, 
                                     taken = True
                             if taken:
                                 continue
-                            val = w * math.log(partial + fl)
-                            val -= alpha * _penalty_step(np.float64(sizes[c]), power)
+                            val = gain_fl - alpha * _penalty_step(np.float64(sizes[c]), power)
                             if val > best_val:
                                 best, best_val, best_s = c, val, fl
                 if best < 0:  # no candidate left: previous paths, then reserve
