@@ -265,6 +265,15 @@ def _first_unsorted_row(scores):
     return -1
 
 
+@njit(cache=True, inline="always")
+def _taken(cur, v, j, c):
+    """Is path c among item v's new paths 0..j-1?"""
+    for i in range(j):
+        if cur[v, i] == c:
+            return True
+    return False
+
+
 @njit(cache=True)
 def _cd_kernel(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, sizes, explore):
     """Algorithm 2 on dense slots (see ``coordinate_descent``); returns (V, J) slots.
@@ -317,11 +326,7 @@ def _cd_kernel(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, 
                         gmax = gain
                         if gain - bound_pen <= best_val:
                             break  # later slots have smaller scores: none can win
-                        taken = False
-                        for i in range(j):
-                            if cur[v, i] == c:
-                                taken = True
-                        if taken:
+                        if _taken(cur, v, j, c):
                             continue
                         val = gain - pen
                         if val > best_val:
@@ -334,11 +339,7 @@ def _cd_kernel(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, 
                             if not outside[v, i]:
                                 continue  # invalid, or in the row: scanned with its own score
                             c = prev[v, i]
-                            taken = False
-                            for i2 in range(j):
-                                if cur[v, i2] == c:
-                                    taken = True
-                            if taken:
+                            if _taken(cur, v, j, c):
                                 continue
                             val = gain_fl - alpha * _penalty_step(np.float64(sizes[c]), power)
                             if val > best_val:
@@ -351,13 +352,7 @@ def _cd_kernel(cand, score, nv, prev, reserve, reserve_row, J, alpha, power, T, 
                             c = reserve[reserve_row[v], i - J]
                         else:
                             break
-                        if c < 0:
-                            continue
-                        taken = False
-                        for i2 in range(j):
-                            if cur[v, i2] == c:
-                                taken = True
-                        if not taken:
+                        if c >= 0 and not _taken(cur, v, j, c):
                             best = c
                             break
                     if best < 0:
