@@ -2,7 +2,7 @@
 DR against the exact top-200 of its own reranker at several B, batched (512 test users).
 
     python benchmarks/probe_scale.py --V 1.5e6 --train-examples 4000000 [--msteps 3]
-        [--out benchmarks/out/scale_probe.json]
+        [--eta 0.999] [--out benchmarks/out/scale_probe.json]
 
 Also reports how spread the exact top-200 lists are over users (distinct items, share in the
 200 most common): with little training the reranker is mostly popularity and recall is easy.
@@ -36,6 +36,7 @@ def main() -> None:
     ap.add_argument("--train-examples", type=int, default=1_000_000)
     ap.add_argument("--msteps", type=int, default=3)
     ap.add_argument("--em-S", type=int, default=10)
+    ap.add_argument("--eta", type=float, default=None, help="streaming decay (default: the config's)")
     ap.add_argument("--out", default=str(bs.OUT / "scale_probe.json"))
     a = ap.parse_args()
     args = argparse.Namespace(users=300_000, interactions=10_000_000, val_users=0, queries=1000,
@@ -44,6 +45,8 @@ def main() -> None:
     V = int(a.V)
     ds, _ = generate(bs.synth_config(V, args))
     cfg = bs.dr_config(args)
+    if a.eta is not None:
+        cfg.em.eta = a.eta
     t0 = time.perf_counter()
     m = DeepRetrieval(cfg).fit(ds, log=lambda s: print(" ", s, flush=True))
     res: dict = {"V": V, "train_s": time.perf_counter() - t0, "config": cfg.to_dict(),
