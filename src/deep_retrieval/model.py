@@ -340,7 +340,6 @@ class DeepRetrieval(Recommender):
         if "scores.paths" in tensors:
             model.scores = ScoreTable(tensors["scores.paths"].numpy(), tensors["scores.values"].numpy())
         model.item_ids, model.log = item_ids, meta.get("log", [])
-        model.net.eval()
         return model
 
     # ------------------------------------------------------------------ helpers
