@@ -112,15 +112,18 @@ def test_training_log(model):
 
 def weights_after_each_phase(cfg, data):
     """The weights as the joint phase ends (logged after its last epoch) and at the end."""
+    from deep_retrieval.state import TrainState
+    from deep_retrieval.train import train
+
     snap = {}
+    state = TrainState.new(cfg, data)
 
     def log(line):
         if "[joint]" in line:
-            snap.update({k: v.detach().clone() for k, v in dr.net.state_dict().items()})
+            snap.update({k: v.detach().clone() for k, v in state.net.state_dict().items()})
 
-    dr = DeepRetrieval(cfg)
-    dr.fit(data, log=log)
-    return snap, dr.net.state_dict()
+    train(state, data, log=log)
+    return snap, state.net.state_dict()
 
 
 def test_phase_two_freezes_the_softmax_model(data):
@@ -331,7 +334,7 @@ def test_context_others_trains_on_every_item_of_a_row(data):
 
 
 def test_rerank_in_small_blocks_gives_the_same_result(model, data, monkeypatch):
-    import deep_retrieval.model as m
+    import deep_retrieval.retrieval as m
 
     want = model.recommend(data.test.hist, 7)
     monkeypatch.setattr(m, "RERANK_FLOATS", 1)  # one user per block

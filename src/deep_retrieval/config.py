@@ -43,11 +43,14 @@ class StructureConfig:
 class EncoderConfig:
     """User encoder: item embeddings + GRU (or mean-pool) over the behaviour sequence."""
 
-    kind: Literal["gru", "mean"] = "gru"
+    kind: Literal["gru", "mean", "sasrec"] = "gru"  # sasrec: causal self-attention, learned positions
     e: int = 64  # width of the user embedding = node embedding = reranker item embedding
     item_dim: int = 64  # input item-embedding width
     max_seq_len: int = 69  # most recent behaviours kept
     shared: bool = False  # one encoder for the structure model and the reranker
+    dropout: float = 0.0  # share of history items dropped (whole items) at training time only
+    blocks: int = 2  # sasrec: self-attention blocks
+    heads: int = 1  # sasrec: attention heads (must divide item_dim)
 
 
 @dataclass
@@ -57,6 +60,12 @@ class RerankerConfig:
     negatives: int = 100  # sampled negatives per batch (shared across the batch)
     sampling: Literal["unigram", "uniform"] = "unigram"  # with logQ correction
     unigram_power: float = 0.75
+    # "full": softmax over all V items (no sampling; for catalogues small enough that a
+    # (batch, V) score matrix is cheap; dense item-embedding gradients only)
+    loss: Literal["sampled", "full"] = "sampled"
+    # "cosine": user and item embeddings L2-normalised (item_embeddings() returns unit rows)
+    similarity: Literal["dot", "cosine"] = "dot"
+    temperature: float = 1.0  # logits = similarity / temperature (training only; ranking ignores it)
 
 
 @dataclass
@@ -97,6 +106,10 @@ class TrainConfig:
     # "auto" = yes from 100,000 items on (below that a dense gradient is cheaper)
     sparse_embeddings: Literal["auto", "yes", "no"] = "auto"
     progress: bool = True
+    # where the E-step, the M-step's score collection and validation run: "auto" = a CUDA GPU
+    # when torch sees one, else the CPU; "cpu"; "cuda" or "cuda:N". Coordinate descent and
+    # the streaming update always run on the CPU (numba). The saved model is device-free.
+    device: str = "auto"
 
 
 @dataclass
@@ -146,6 +159,10 @@ class Config:
             (e.e > 0 and e.item_dim > 0, "encoder sizes must be positive"),
             (e.max_seq_len >= 1, "encoder.max_seq_len must be >= 1"),
             (self.reranker.negatives >= 1, "reranker.negatives must be >= 1"),
+            (self.reranker.temperature > 0, "reranker.temperature must be > 0"),
+            (0 <= e.dropout < 1, "encoder.dropout must be in [0, 1)"),
+            (e.blocks >= 1 and e.heads >= 1, "encoder.blocks and encoder.heads must be >= 1"),
+            (e.kind != "sasrec" or e.item_dim % e.heads == 0, "encoder.heads must divide encoder.item_dim"),
             (self.em.S >= 1, "em.S must be >= 1"),
             (self.em.alpha >= 0, "em.alpha must be >= 0"),
             (self.em.penalty_power > 1, "em.penalty_power must be > 1 (f convex)"),

@@ -32,72 +32,26 @@ from torch import Tensor, nn
 from .artifacts import atomic_dir, read_json
 from .beam import beam_search
 from .config import Config
-from .data.dataset import Dataset, Ragged, as_ragged, pad_ragged
-from .encoder import UserEncoder
+from .data.dataset import Dataset, Ragged, as_ragged
 from .errors import DRError
 from .mstep import ScoreTable
+from .net import SPARSE_FROM_ITEMS, DRNet, uses_sparse_embeddings
 from .paths import PathIndex
-from .recommender import Recommender, pairs_in_history
-from .reranker import Reranker
-from .structure import StructureModel, from_flat, to_flat
+from .recommender import Recommender
+from .retrieval import net_device, padded, recommend
+from .state import Checkpointer, TrainState, load_checkpoint
+from .structure import from_flat
+from .train import train
+
+__all__ = ["DeepRetrieval", "DRNet", "FORMAT_VERSION", "SPARSE_FROM_ITEMS", "load_net", "read_model_dir",
+           "uses_sparse_embeddings", "write_model_dir"]
 
 FORMAT_VERSION = 1
-# train.sparse_embeddings = "auto": sparse item-embedding gradients (+ SparseAdam) from this
-# many items on; below it a dense gradient is cheaper than coalescing a sparse one
-SPARSE_FROM_ITEMS = 100_000
-RERANK_FLOATS = 1 << 25  # most floats one rerank block gathers (128 MB)
-
-
-def uses_sparse_embeddings(cfg: Config, n_items: int) -> bool:
-    s = cfg.train.sparse_embeddings
-    return s == "yes" or (s == "auto" and n_items >= SPARSE_FROM_ITEMS)
-
-
-class DRNet(nn.Module):
-    """Encoder(s) + structure model + softmax reranker.
-
-    With ``encoder.shared`` one encoder feeds both heads; otherwise the structure model
-    and the reranker each have their own item embeddings and GRU (SPEC 5's reading of the
-    paper's freeze schedule).
-    """
-
-    def __init__(self, n_items: int, cfg: Config, item_counts: np.ndarray | None = None):
-        super().__init__()
-        e = cfg.encoder.e
-        self.shared = cfg.encoder.shared
-        sparse = uses_sparse_embeddings(cfg, n_items)
-        self.enc_str = UserEncoder(n_items, cfg.encoder, sparse)
-        self.enc_rr = None if self.shared else UserEncoder(n_items, cfg.encoder, sparse)
-        self.structure = StructureModel(cfg.structure, e)
-        self.reranker = Reranker(n_items, e, cfg.reranker, item_counts, seed=cfg.train.seed, sparse=sparse)
-        counts = np.zeros(n_items, dtype=np.int64) if item_counts is None else item_counts
-        # N_v of the training data: saved with the weights so a loaded model samples the same Q
-        self.register_buffer("item_counts", torch.as_tensor(np.asarray(counts, dtype=np.int64)))
-
-    def encode(self, hist: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """User embeddings for the structure model and the reranker: (batch, e) each."""
-        u_str = self.enc_str(hist, lengths)  # (batch, e)
-        u_rr = u_str if self.enc_rr is None else self.enc_rr(hist, lengths)  # (batch, e)
-        return u_str, u_rr
-
-    def encode_rr(self, hist: Tensor, lengths: Tensor) -> Tensor:
-        enc = self.enc_str if self.enc_rr is None else self.enc_rr
-        return enc(hist, lengths)  # (batch, e)
-
-    def softmax_params(self) -> list[nn.Parameter]:
-        """What phase 2 of the schedule freezes: the softmax model's parameters.
-
-        Separate encoders: the reranker's item embeddings and its whole encoder. Shared
-        encoder: the reranker's item embeddings and the shared encoder, so phase 2 trains
-        the structure model's MLPs and node embeddings only.
-        """
-        enc = self.enc_str if self.enc_rr is None else self.enc_rr
-        return list(self.reranker.parameters()) + list(enc.parameters())
 
 
 def write_model_dir(path, config: Config, tensors: dict, meta: dict, item_ids) -> None:
     """A model directory, atomically: config.toml, model.safetensors, meta.json, item_ids.npy."""
-    with atomic_dir(path) as tmp:
+    with atomic_dir(path, "model") as tmp:
         (tmp / "config.toml").write_text(config.to_toml())
         save_file(tensors, str(tmp / "model.safetensors"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -176,11 +130,46 @@ class DeepRetrieval(Recommender):
         self._lookup: dict[str, int] | None = None  # original id -> dense index
 
     # ------------------------------------------------------------------ training
-    def fit(self, dataset: Dataset, log=print) -> Self:
-        from .train import fit
+    def fit(
+        self, dataset: Dataset, log=print, checkpoint: Checkpointer | None = None,
+        resume: str | Path | None = None,
+    ) -> Self:
+        """Train on ``dataset`` (the EM loop of ``train.py``) and return self.
 
-        fit(self, dataset, log=log)
+        ``checkpoint``: writes the training state as the run goes (``state.Checkpointer``).
+        ``resume``: a checkpoint file to continue from instead of starting afresh; its config
+        replaces this model's (the run goes on exactly as it was started).
+        """
+        if not isinstance(dataset, Dataset):
+            raise DRError(f"fit() takes a Dataset (Dataset.load(dir) or prepare(...)), "
+                          f"not {type(dataset).__name__}")
+        if resume is not None:
+            state = load_checkpoint(resume, dataset)
+            self.config = state.config
+        else:
+            if self.config.train.epochs_joint + self.config.train.epochs_dr == 0:
+                raise DRError("invalid config: train.epochs_joint + train.epochs_dr is 0: nothing to train")
+            state = TrainState.new(self.config, dataset)
+        train(state, dataset, log=log, checkpoint=checkpoint)
+        self._adopt(state, dataset.item_ids)
+        return self
+
+    def _adopt(self, state: TrainState, item_ids: np.ndarray) -> None:
+        """Take the trained parts of a finished training state."""
+        self.net, self.scores, self.log = state.net.eval(), state.scores, state.log
+        self.item_ids = item_ids
+        self.set_assignment(state.assignment)
+        self.invalidate()
         self._lookup = None
+
+    def to(self, device) -> Self:
+        """Move the network to ``device`` ("cpu", "cuda", a torch.device) for inference."""
+        from .state import resolve_device
+
+        self._check_fitted()
+        dev = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.net.to(dev)
+        self.invalidate()
         return self
 
     def set_assignment(self, assignment: np.ndarray) -> None:
@@ -208,8 +197,7 @@ class DeepRetrieval(Recommender):
             raise DRError(f"history item index {bad} is outside [0, {V})")
 
     def _padded(self, hist: Ragged, rows: np.ndarray) -> tuple[Tensor, Tensor]:
-        padded, lengths = pad_ragged(hist, self.config.encoder.max_seq_len, rows)
-        return torch.from_numpy(padded), torch.from_numpy(lengths)
+        return padded(hist, self.config, rows, net_device(self.net))
 
     def _prefix_tables(self) -> list[Tensor]:
         if self._tables is None:
@@ -228,7 +216,7 @@ class DeepRetrieval(Recommender):
         for lo in range(0, len(hist), 4096):
             h, lens = self._padded(hist, np.arange(lo, min(lo + 4096, len(hist))))
             enc = self.net.encode_rr if which == "rr" else self.net.enc_str
-            out.append(enc(h, lens).numpy())
+            out.append(enc(h, lens).float().cpu().numpy())
         e = self.config.encoder.e
         return np.concatenate(out) if out else np.zeros((0, e), dtype=np.float32)
 
@@ -239,13 +227,12 @@ class DeepRetrieval(Recommender):
         hist = as_ragged(histories)
         self._check_ids(hist)
         self.net.eval()
-        B = B or self.config.beam.B
+        B = self._beam(B)
         h, lens = self._padded(hist, np.arange(len(hist)))
         u_str = self.net.enc_str(h, lens)  # (n, e)
         paths, logp = beam_search(self.net.structure, u_str, B, self._prefix_tables())
-        return paths.numpy(), logp.numpy()
+        return paths.cpu().numpy(), logp.float().cpu().numpy()
 
-    @torch.no_grad()
     def recommend(
         self, histories, k: int, exclude_history: bool = False, B: int | None = None,
         batch_size: int = 1024,
@@ -256,41 +243,19 @@ class DeepRetrieval(Recommender):
         self._check_ids(hist)
         if k < 1:
             raise DRError(f"k must be >= 1, got {k}")
-        self.net.eval()
-        B = B or self.config.beam.B
-        K = self.config.structure.K
-        n = len(hist)
-        ids = np.full((n, k), -1, dtype=np.int64)
-        scores = np.full((n, k), -np.inf, dtype=np.float32)
-        scored = np.zeros(n, dtype=np.int64)
-        tables = self._prefix_tables()
-        for lo in range(0, n, batch_size):
-            rows = np.arange(lo, min(lo + batch_size, n))
-            h, lens = self._padded(hist, rows)
-            u_str, u_rr = self.net.encode(h, lens)  # (b, e) each
-            paths, _ = beam_search(self.net.structure, u_str, B, tables)  # (b, B', D)
-            cands = self._index.candidates(to_flat(paths, K).numpy())  # b rows of item ids
-            if exclude_history:
-                keep = ~pairs_in_history(cands.row_ids(), cands.values, hist.take(rows))
-                cands = Ragged.from_lengths(
-                    cands.values[keep], np.bincount(cands.row_ids()[keep], minlength=len(rows))
-                )
-            scored[rows] = cands.lengths
-            padded, _ = pad_ragged(cands, max_len=int(cands.lengths.max(initial=0)))
-            cand = torch.from_numpy(padded)  # (b, m) every candidate, padded -1
-            width = cand.shape[1]
-            # score in row blocks so the (rows, m, e) gather stays under ~128 MB
-            step = max(1, RERANK_FLOATS // max(width * u_rr.shape[1], 1))
-            s = torch.cat([self.net.reranker.score(u_rr[i : i + step], cand[i : i + step])
-                           for i in range(0, len(rows), step)])  # (b, m), -inf at pads
-            kk = min(k, width)
-            top_s, top_j = torch.topk(s, kk, dim=1)  # (b, kk)
-            top_ids = cand.gather(1, top_j)  # (b, kk)
-            finite = torch.isfinite(top_s)
-            ids[rows, :kk] = torch.where(finite, top_ids, -1).numpy()
-            scores[rows, :kk] = torch.where(finite, top_s, float("-inf")).numpy()
-        self.last_items_scored = scored
+        B = self._beam(B)
+        ids, scores, self.last_items_scored = recommend(
+            self.net, self._index, self.config, hist, k, B, exclude_history, batch_size,
+            self._prefix_tables(),
+        )
         return ids, scores
+
+    def _beam(self, B: int | None) -> int:
+        if B is None:
+            return self.config.beam.B
+        if isinstance(B, bool) or not isinstance(B, int | np.integer) or B < 1:
+            raise DRError(f"beam size B must be an integer >= 1, got {B!r}")
+        return int(B)
 
     def as_recommenders(self, with_hnsw: bool = False) -> dict[str, Recommender]:
         """DR plus its brute-force twin (the same reranker over all items) and HNSW on it."""
@@ -308,7 +273,7 @@ class DeepRetrieval(Recommender):
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
         self._check_fitted()
-        tensors = {f"net.{k}": v.detach().contiguous() for k, v in self.net.state_dict().items()}
+        tensors = {f"net.{k}": v.detach().cpu().contiguous() for k, v in self.net.state_dict().items()}
         tensors["assignment"] = torch.from_numpy(self.assignment)
         if self.scores is not None:
             tensors["scores.paths"] = torch.from_numpy(self.scores.paths)

@@ -1,6 +1,6 @@
-"""The EM loop (SPEC 5) and the paper's schedule.
+"""The EM loop (SPEC 5) and the paper's schedule, run on one ``TrainState``.
 
-    pi <- random J distinct paths per item
+    pi <- random J distinct paths per item                       (TrainState.new)
     for epoch in 1 .. epochs_joint + epochs_dr:
         E-step: minibatches of (history, target); loss = -Q_str (multi-path) [+ -Q_softmax]
                 phase 1 (epochs_joint): structure model and softmax reranker together
@@ -13,7 +13,9 @@
                 pi <- penalised coordinate descent (Algorithm 2)
         log: Q_str, Q_softmax, penalty, path statistics, candidates per user, val recall
 
-Everything an epoch logs goes into ``model.log`` (saved with the model).
+``train`` picks up wherever the state is (a new run, a checkpoint, a trained model being
+updated) and leaves it at the end of the schedule; a ``Checkpointer`` may write it after
+any batch.
 
 Data parallel (``torchrun --nproc_per_node N``, the process group initialised by the caller,
 e.g. `dr train`): every rank draws the same permutation and trains on its slice of each
@@ -32,162 +34,116 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .beam import beam_search
-from .data.dataset import Dataset, pad_histories, pad_others, unique_sorted
-from .errors import DRError
+from .data.dataset import Dataset, unique_sorted
+from .examples import Examples
 from .metrics import compute
-from .model import DeepRetrieval, DRNet
-from .mstep import ScoreTable, collect_scores, coordinate_descent, penalised_objective, streaming_update
-from .paths import path_stats, random_assignment
+from .mstep import collect_scores, coordinate_descent, penalised_objective, streaming_update
+from .paths import PathIndex, path_stats
+from .retrieval import recommend
+from .state import Checkpointer, Progress, TrainState, _rank_world, make_optimizers
 from .structure import from_flat, to_flat
+
+__all__ = ["Examples", "make_optimizers", "train", "m_step", "window_examples", "SCORE_BATCH"]
 
 SCORE_BATCH = 512  # examples per no-grad beam-search batch in score collection
 
 
-class Examples:
-    """The training pairs of a Dataset: target = an item, input = its context.
-
-    ``context = "prefix"``: every item but the first of a row, input = the items before it.
-    ``context = "others"``: every item of a row of length >= 2, input = the row's other items.
-    """
-
-    def __init__(self, ds: Dataset, max_len: int, context: str = "prefix"):
-        tr = ds.train
-        self.values, self.max_len, self.context = tr.values, max_len, context
-        if context == "prefix":
-            self.pos = ds.example_positions()  # (N,) positions of targets in train.values
-        else:
-            self.pos = np.flatnonzero(np.repeat(tr.lengths >= 2, tr.lengths))  # (N,)
-        rows = np.searchsorted(tr.offsets, self.pos, side="right") - 1  # (N,)
-        self.starts, self.ends = tr.offsets[rows], tr.offsets[rows + 1]  # (N,) each target's row
-        self.targets = self.values[self.pos]  # (N,)
-
-    def __len__(self) -> int:
-        return len(self.pos)
-
-    def batch(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(batch, L) histories padded -1, (batch,) lengths, (batch,) targets."""
-        if self.context == "prefix":
-            hist, lengths = pad_histories(self.values, self.starts[idx], self.pos[idx], self.max_len)
-        else:
-            hist, lengths = pad_others(self.values, self.starts[idx], self.ends[idx], self.pos[idx],
-                                       self.max_len)
-        return torch.from_numpy(hist), torch.from_numpy(lengths), torch.from_numpy(self.targets[idx])
-
-
-def fit(model: DeepRetrieval, ds: Dataset, log=print) -> DeepRetrieval:
-    cfg = model.config
+def train(
+    state: TrainState, ds: Dataset, ex: Examples | None = None, log=print,
+    checkpoint: Checkpointer | None = None,
+) -> TrainState:
+    """Run the schedule from wherever ``state`` is to its end; returns ``state``."""
+    cfg = state.config
     S, E, T = cfg.structure, cfg.em, cfg.train
-    if T.threads:
-        torch.set_num_threads(T.threads)
-    torch.manual_seed(T.seed)
-    rng = np.random.default_rng(T.seed)
-    V, n_paths = ds.n_items, S.K**S.D
-    ex = Examples(ds, cfg.encoder.max_seq_len, T.context)
-    if len(ex) == 0:
-        raise DRError("the data set has no training examples (every training row is shorter than 2)")
-    counts = np.bincount(ex.targets, minlength=V)  # (V,) N_v over all training pairs
-
-    net = DRNet(V, cfg, item_counts=counts)
-    model.net = net
-    model.item_ids = ds.item_ids
-    model.set_assignment(random_assignment(V, S.J, n_paths, rng))  # (V, J)
-    model.scores = ScoreTable.empty(V, E.S)
-    model.log = []
-    opts = make_optimizers(net, T.lr, T.weight_decay)
+    ex = ex or Examples(ds, cfg.encoder.max_seq_len, T.context)
+    net, P = state.net, state.progress
     frozen = {id(p) for p in net.softmax_params()}
-
     n_epochs = T.epochs_joint + T.epochs_dr
-    window: list[np.ndarray] = []  # example batches since the last M-step
-    step = 0  # batches since the start of training
-    for epoch in range(n_epochs):
-        joint = epoch < T.epochs_joint
+    while P.epoch < n_epochs:
+        joint = P.epoch < T.epochs_joint
         for p in net.parameters():
             p.requires_grad_(joint or id(p) not in frozen)
-        order = rng.permutation(len(ex))
-        if T.max_examples_per_epoch:
-            order = order[: T.max_examples_per_epoch]
+        if state.order is None:  # a new epoch
+            order = state.rng.permutation(len(ex))
+            state.order = order[: T.max_examples_per_epoch] if T.max_examples_per_epoch else order
+            state.progress = P = Progress(epoch=P.epoch, step=P.step)
         rank, world = _rank_world()
-        order = order[rank : len(order) - len(order) % world : world]  # this rank's equal share
-        batches = np.array_split(order, max(1, -(-len(order) // T.batch_size)))
+        order = state.order
+        mine = order[rank : len(order) - len(order) % world : world]  # this rank's equal share
+        batches = np.array_split(mine, max(1, -(-len(mine) // T.batch_size)))
 
-        t0 = time.perf_counter()
-        t_m, sums = 0.0, {"str": 0.0, "sm": 0.0, "n": 0}
-        mstep_info: dict = {}
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{n_epochs} ({'joint' if joint else 'DR only'})",
-                   disable=not T.progress, leave=False, mininterval=1.0)
+        t0 = time.perf_counter() - P.seconds
+        desc = f"epoch {P.epoch + 1}/{n_epochs} ({'joint' if joint else 'DR only'})"
+        bar = tqdm(batches[P.batch :], desc=desc, disable=not T.progress, leave=False, mininterval=1.0,
+                   initial=P.batch, total=len(batches))
         for idx in bar:
-            step += 1
-            net.train()
-            hist, lengths, y = ex.batch(idx)
-            paths = from_flat(torch.from_numpy(model.assignment[ex.targets[idx]]), S.K, S.D)  # (b, J, D)
-            if joint:
-                u_str, u_rr = net.encode(hist, lengths)  # (batch, e) each
-                loss_str = net.structure.multipath_loss(u_str, paths)  # () = -Q_str / batch
-                loss_sm = net.reranker.sampled_softmax_loss(u_rr, y)  # () = -Q_softmax / batch
-                loss = loss_str + loss_sm
-                sums["sm"] += loss_sm.item() * len(idx)
-            else:  # phase 2: the softmax model is frozen and not even evaluated
-                u_str = net.enc_str(hist, lengths)  # (batch, e)
-                loss = loss_str = net.structure.multipath_loss(u_str, paths)
-            for opt in opts:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            _average_gradients(net)
-            for opt in opts:
-                opt.step()
-            model.invalidate()
-            sums["str"] += loss_str.item() * len(idx)
-            sums["n"] += len(idx)
-            window.append(idx)
-            if step % 50 == 0:
-                bar.set_postfix(Q_str=f"{-sums['str'] / sums['n']:.3f}")
-            if E.mstep_every and step % E.mstep_every == 0:
-                tm = time.perf_counter()
-                mstep_info = m_step(model, ex, *window_examples(ex, window, V))
-                t_m += time.perf_counter() - tm
-                window = []
+            P.step += 1
+            _e_step(state, ex, idx, joint)
+            state.window.append(idx)
+            if P.step % 50 == 0:
+                bar.set_postfix(Q_str=f"{-P.loss_str / P.examples:.3f}")
+            if E.mstep_every and P.step % E.mstep_every == 0:
+                _timed_m_step(state, ex)
+            P.batch += 1
+            P.seconds = time.perf_counter() - t0
+            if checkpoint is not None:
+                checkpoint.maybe(state)
         if not E.mstep_every:  # the paper: one M-step per epoch
-            tm = time.perf_counter()
-            mstep_info = m_step(model, ex, *window_examples(ex, window, V))
-            t_m += time.perf_counter() - tm
-            window = []
-        t_epoch = time.perf_counter() - t0
+            _timed_m_step(state, ex)
+        P.seconds = time.perf_counter() - t0
 
         entry = {
-            "epoch": epoch + 1,
+            "epoch": P.epoch + 1,
             "phase": "joint" if joint else "dr",
-            "Q_str": -sums["str"] / max(sums["n"], 1),
-            "Q_softmax": (-sums["sm"] / max(sums["n"], 1)) if joint else None,
-            "examples": sums["n"],
-            "seconds_e_step": t_epoch - t_m,
-            "seconds_m_step": t_m,
-            **mstep_info,
-            "paths": path_stats(model.assignment, n_paths),
+            "Q_str": -P.loss_str / max(P.examples, 1),
+            "Q_softmax": (-P.loss_sm / max(P.examples, 1)) if joint else None,
+            "examples": P.examples,
+            "seconds_e_step": P.seconds - P.seconds_m,
+            "seconds_m_step": P.seconds_m,
+            **P.mstep_info,
+            "paths": path_stats(state.assignment, S.K**S.D),
         }
-        entry.update(_validate(model, ds))
-        model.log.append(entry)
-        if _rank_world()[0] == 0:
+        entry.update(_validate(state, ds))
+        state.log.append(entry)
+        if rank == 0:
             log(_epoch_line(entry))
+        P.epoch += 1
+        state.order = None
     net.eval()
-    return model
+    return state
 
 
-def make_optimizers(net: torch.nn.Module, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
-    """SparseAdam for the item-embedding tables (sparse gradients), Adam for everything else.
+def _e_step(state: TrainState, ex: Examples, idx: np.ndarray, joint: bool) -> None:
+    """One gradient step on the batch ``idx`` of examples."""
+    net, S, P, dev = state.net, state.config.structure, state.progress, state.device
+    net.train()
+    hist, lengths, y = (t.to(dev) for t in ex.batch(idx))
+    pi = torch.from_numpy(state.assignment[ex.targets[idx]]).to(dev)  # (b, J) flat path ids
+    paths = from_flat(pi, S.K, S.D)  # (b, J, D)
+    if joint:
+        u_str, u_rr = net.encode(hist, lengths)  # (batch, e) each
+        loss_str = net.structure.multipath_loss(u_str, paths)  # () = -Q_str / batch
+        loss_sm = net.reranker.sampled_softmax_loss(u_rr, y)  # () = -Q_softmax / batch
+        loss = loss_str + loss_sm
+        P.loss_sm += loss_sm.item() * len(idx)
+    else:  # phase 2: the softmax model is frozen and not even evaluated
+        u_str = net.enc_str(hist, lengths)  # (batch, e)
+        loss = loss_str = net.structure.multipath_loss(u_str, paths)
+    for opt in state.opts:
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    _average_gradients(net)
+    for opt in state.opts:
+        opt.step()
+    P.loss_str += loss_str.item() * len(idx)
+    P.examples += len(idx)
 
-    A step then costs the same at V = 10^4 and 10^7: SparseAdam updates only the rows a
-    batch touched (lazy Adam). ``weight_decay`` applies to the dense parameters only.
-    """
-    sparse = [m.weight for m in net.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
-    ids = {id(p) for p in sparse}
-    dense = [p for p in net.parameters() if id(p) not in ids]
-    # fused: one kernel over all the tensors (7.1 -> 0.7 ms a step for ml-1m's ~0.9M weights)
-    opts: list[torch.optim.Optimizer] = [
-        torch.optim.Adam(dense, lr=lr, weight_decay=weight_decay, fused=True)
-    ]
-    if sparse:
-        opts.append(torch.optim.SparseAdam(sparse, lr=lr))
-    return opts
+
+def _timed_m_step(state: TrainState, ex: Examples) -> None:
+    tm = time.perf_counter()
+    state.progress.mstep_info = m_step(state, ex, *window_examples(ex, state.window, state.n_items))
+    state.progress.seconds_m += time.perf_counter() - tm
+    state.window = []
 
 
 def window_examples(ex: Examples, window: list[np.ndarray], V: int) -> tuple[np.ndarray, np.ndarray]:
@@ -195,16 +151,16 @@ def window_examples(ex: Examples, window: list[np.ndarray], V: int) -> tuple[np.
 
     An M-step spanning several epochs scores each example once (with the current model).
     """
-    idx = unique_sorted(np.concatenate(window))  # (n,)
+    idx = unique_sorted(np.concatenate(window)) if window else np.zeros(0, dtype=np.int64)  # (n,)
     return idx, np.bincount(ex.targets[idx], minlength=V)
 
 
 @torch.no_grad()
-def m_step(model: DeepRetrieval, ex: Examples, idx: np.ndarray, N_v: np.ndarray) -> dict:
+def m_step(state: TrainState, ex: Examples, idx: np.ndarray, N_v: np.ndarray) -> dict:
     """Score collection over the window's examples, streaming update, coordinate descent."""
-    cfg = model.config
+    cfg = state.config
     S, E = cfg.structure, cfg.em
-    net = model.net
+    net = state.net
     net.eval()
     V = len(N_v)
     t0 = time.perf_counter()
@@ -212,12 +168,15 @@ def m_step(model: DeepRetrieval, ex: Examples, idx: np.ndarray, N_v: np.ndarray)
     flat_parts, prob_parts = [], []
     for lo in range(0, len(idx), SCORE_BATCH):
         b = idx[lo : lo + SCORE_BATCH]
-        hist, lengths, _ = ex.batch(b)
+        hist, lengths, _ = (t.to(state.device) for t in ex.batch(b))
         u_str = net.enc_str(hist, lengths)  # (b, e)
         paths, logp = beam_search(net.structure, u_str, E.S, tables)  # (b, S', D), (b, S')
-        flat_parts.append(to_flat(paths, S.K).numpy())
-        prob_parts.append(logp.exp().numpy())
-    targets, flat, probs = ex.targets[idx], np.concatenate(flat_parts), np.concatenate(prob_parts)
+        flat_parts.append(to_flat(paths, S.K).cpu().numpy())
+        prob_parts.append(logp.exp().float().cpu().numpy())
+    width = min(E.S, S.K**S.D)
+    targets = ex.targets[idx]
+    flat = np.concatenate(flat_parts) if flat_parts else np.zeros((0, width), dtype=np.int64)
+    probs = np.concatenate(prob_parts) if prob_parts else np.zeros((0, width), dtype=np.float32)
     if _rank_world()[1] > 1:  # every rank gets every rank's triples, and N_v over all of them
         parts = [None] * _rank_world()[1]
         dist.all_gather_object(parts, (targets, flat, probs))
@@ -225,27 +184,21 @@ def m_step(model: DeepRetrieval, ex: Examples, idx: np.ndarray, N_v: np.ndarray)
         N_v = np.bincount(targets, minlength=V)
     new = collect_scores(targets, flat, probs, V, E.S)
     t1 = time.perf_counter()
-    model.scores = streaming_update(model.scores, new, E.eta)
-    rng = np.random.default_rng(cfg.train.seed + len(model.log) + 1)
+    state.scores = streaming_update(state.scores, new, E.eta)
+    rng = np.random.default_rng(cfg.train.seed + len(state.log) + 1)
     pi = coordinate_descent(
-        model.scores, N_v, model.assignment, S.J, E.alpha, E.penalty_power, E.T, rng,
+        state.scores, N_v, state.assignment, S.J, E.alpha, E.penalty_power, E.T, rng,
         n_paths=S.K**S.D, explore=E.explore,
     )
     t2 = time.perf_counter()
-    model.set_assignment(pi)
-    obj = penalised_objective(model.scores, N_v, pi, E.alpha, E.penalty_power)
+    state.assignment = np.ascontiguousarray(pi, dtype=np.int64)
+    obj = penalised_objective(state.scores, N_v, pi, E.alpha, E.penalty_power)
     return {
         "seconds_score_collection": t1 - t0,
         "seconds_coordinate_descent": t2 - t1,
         "penalised_objective": float(obj),
         "penalty": float(E.alpha * _penalty(pi, E.penalty_power)),
     }
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _average_gradients(net: torch.nn.Module) -> None:
@@ -265,15 +218,15 @@ def _penalty(pi: np.ndarray, p: float) -> float:
     return float(np.sum(sizes.astype(np.float64) ** p / p))
 
 
-def _validate(model: DeepRetrieval, ds: Dataset, k: int = 10) -> dict:
+def _validate(state: TrainState, ds: Dataset, k: int = 10) -> dict:
     """Recall@k of DR on the validation users, and its candidates per user."""
     split = ds.val  # never the test users: the log is what configs are chosen on
     if len(split) == 0:
         return {}
-    users = split.hist
-    ids, _ = model.recommend(users, k)
+    cfg = state.config
+    ids, _, scored = recommend(state.net, PathIndex(state.assignment), cfg, split.hist, k, cfg.beam.B)
     m = compute(ids, split.truth, [k])[k]
-    return {f"val_recall@{k}": m["recall"], "candidates_per_user": float(model.last_items_scored.mean())}
+    return {f"val_recall@{k}": m["recall"], "candidates_per_user": float(scored.mean())}
 
 
 def _epoch_line(e: dict) -> str:

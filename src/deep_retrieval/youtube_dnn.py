@@ -25,9 +25,12 @@ from .config import Config
 from .data.dataset import Dataset, as_ragged, pad_ragged
 from .encoder import UserEncoder
 from .errors import DRError
-from .model import FORMAT_VERSION, load_net, read_model_dir, uses_sparse_embeddings, write_model_dir
+from .examples import Examples
+from .model import FORMAT_VERSION, load_net, read_model_dir, write_model_dir
+from .net import uses_sparse_embeddings
 from .recommender import Recommender
 from .reranker import Reranker
+from .state import make_optimizers
 
 
 class SoftmaxNet(nn.Module):
@@ -53,8 +56,6 @@ class YouTubeDNN(Recommender):
         self._exact: BruteForce | None = None
 
     def fit(self, dataset: Dataset, log=print) -> Self:
-        from .train import Examples, make_optimizers
-
         cfg, T = self.config, self.config.train
         if T.threads:
             torch.set_num_threads(T.threads)

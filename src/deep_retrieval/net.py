@@ -1,0 +1,68 @@
+"""The trainable network of Deep Retrieval: encoder(s) + structure model + softmax reranker.
+
+``DRNet`` is what the E-step trains and what a model directory's weights are. It knows
+nothing of the item -> paths assignment, the M-step or persistence (``model.py``,
+``state.py``, ``train.py`` build on it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .config import Config
+from .encoder import UserEncoder
+from .reranker import Reranker
+from .structure import StructureModel
+
+# train.sparse_embeddings = "auto": sparse item-embedding gradients (+ SparseAdam) from this
+# many items on; below it a dense gradient is cheaper than coalescing a sparse one
+SPARSE_FROM_ITEMS = 100_000
+
+
+def uses_sparse_embeddings(cfg: Config, n_items: int) -> bool:
+    s = cfg.train.sparse_embeddings
+    return s == "yes" or (s == "auto" and n_items >= SPARSE_FROM_ITEMS)
+
+
+class DRNet(nn.Module):
+    """Encoder(s) + structure model + softmax reranker.
+
+    With ``encoder.shared`` one encoder feeds both heads; otherwise the structure model
+    and the reranker each have their own item embeddings and GRU (SPEC 5's reading of the
+    paper's freeze schedule).
+    """
+
+    def __init__(self, n_items: int, cfg: Config, item_counts: np.ndarray | None = None):
+        super().__init__()
+        e = cfg.encoder.e
+        self.shared = cfg.encoder.shared
+        sparse = uses_sparse_embeddings(cfg, n_items)
+        self.enc_str = UserEncoder(n_items, cfg.encoder, sparse)
+        self.enc_rr = None if self.shared else UserEncoder(n_items, cfg.encoder, sparse)
+        self.structure = StructureModel(cfg.structure, e)
+        self.reranker = Reranker(n_items, e, cfg.reranker, item_counts, seed=cfg.train.seed, sparse=sparse)
+        counts = np.zeros(n_items, dtype=np.int64) if item_counts is None else item_counts
+        # N_v of the training data: saved with the weights so a loaded model samples the same Q
+        self.register_buffer("item_counts", torch.as_tensor(np.asarray(counts, dtype=np.int64)))
+
+    def encode(self, hist: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """User embeddings for the structure model and the reranker: (batch, e) each."""
+        u_str = self.enc_str(hist, lengths)  # (batch, e)
+        u_rr = u_str if self.enc_rr is None else self.enc_rr(hist, lengths)  # (batch, e)
+        return u_str, u_rr
+
+    def encode_rr(self, hist: Tensor, lengths: Tensor) -> Tensor:
+        enc = self.enc_str if self.enc_rr is None else self.enc_rr
+        return enc(hist, lengths)  # (batch, e)
+
+    def softmax_params(self) -> list[nn.Parameter]:
+        """What phase 2 of the schedule freezes: the softmax model's parameters.
+
+        Separate encoders: the reranker's item embeddings and its whole encoder. Shared
+        encoder: the reranker's item embeddings and the shared encoder, so phase 2 trains
+        the structure model's MLPs and node embeddings only.
+        """
+        enc = self.enc_str if self.enc_rr is None else self.enc_rr
+        return list(self.reranker.parameters()) + list(enc.parameters())

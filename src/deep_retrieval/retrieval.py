@@ -1,0 +1,82 @@
+"""Retrieval with a DRNet and a path index: the one torch serving path.
+
+    history -> encoder -> beam search over the K x D structure (B paths)
+            -> candidates = union of the items on those paths -> rerank -> top-k
+
+``DeepRetrieval.recommend`` and the trainer's validation both call ``recommend`` here, so
+what training reports is what the model serves. The net may sit on any device; the
+histories, the path index and the results are on the CPU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .beam import beam_search
+from .config import Config
+from .data.dataset import Ragged, pad_ragged
+from .net import DRNet
+from .paths import PathIndex
+from .recommender import pairs_in_history
+from .structure import to_flat
+
+RERANK_FLOATS = 1 << 25  # most floats one rerank block gathers (128 MB)
+
+
+def net_device(net: torch.nn.Module) -> torch.device:
+    return next(net.parameters()).device
+
+
+def padded(hist: Ragged, cfg: Config, rows: np.ndarray, device) -> tuple[Tensor, Tensor]:
+    """(rows, L) histories padded -1 and (rows,) lengths, as tensors on ``device``."""
+    h, lengths = pad_ragged(hist, cfg.encoder.max_seq_len, rows)
+    return torch.from_numpy(h).to(device), torch.from_numpy(lengths).to(device)
+
+
+@torch.no_grad()
+def recommend(
+    net: DRNet, index: PathIndex, cfg: Config, hist: Ragged, k: int, B: int,
+    exclude_history: bool = False, batch_size: int = 1024, tables: list[Tensor] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Top-k of every history: ``ids`` (n, k) int64 (-1 pads), ``scores`` (n, k) float32
+    (-inf pads) and ``scored`` (n,) the candidates each user's reranker scored.
+
+    ``tables``: ``net.structure.prefix_tables()`` of the current weights (computed if None).
+    """
+    net.eval()
+    dev = net_device(net)
+    K = cfg.structure.K
+    n = len(hist)
+    ids = np.full((n, k), -1, dtype=np.int64)
+    scores = np.full((n, k), -np.inf, dtype=np.float32)
+    scored = np.zeros(n, dtype=np.int64)
+    if tables is None:
+        tables = net.structure.prefix_tables()
+    for lo in range(0, n, batch_size):
+        rows = np.arange(lo, min(lo + batch_size, n))
+        h, lens = padded(hist, cfg, rows, dev)
+        u_str, u_rr = net.encode(h, lens)  # (b, e) each
+        paths, _ = beam_search(net.structure, u_str, B, tables)  # (b, B', D)
+        cands = index.candidates(to_flat(paths, K).cpu().numpy())  # b rows of item ids
+        if exclude_history:
+            keep = ~pairs_in_history(cands.row_ids(), cands.values, hist.take(rows))
+            cands = Ragged.from_lengths(
+                cands.values[keep], np.bincount(cands.row_ids()[keep], minlength=len(rows))
+            )
+        scored[rows] = cands.lengths
+        pad, _ = pad_ragged(cands, max_len=int(cands.lengths.max(initial=0)))
+        cand = torch.from_numpy(pad).to(dev)  # (b, m) every candidate, padded -1
+        width = cand.shape[1]
+        # score in row blocks so the (rows, m, e) gather stays under ~128 MB
+        step = max(1, RERANK_FLOATS // max(width * u_rr.shape[1], 1))
+        s = torch.cat([net.reranker.score(u_rr[i : i + step], cand[i : i + step])
+                       for i in range(0, len(rows), step)])  # (b, m), -inf at pads
+        kk = min(k, width)
+        top_s, top_j = torch.topk(s, kk, dim=1)  # (b, kk)
+        top_ids = cand.gather(1, top_j)  # (b, kk)
+        finite = torch.isfinite(top_s)
+        ids[rows, :kk] = torch.where(finite, top_ids, -1).cpu().numpy()
+        scores[rows, :kk] = torch.where(finite, top_s, float("-inf")).float().cpu().numpy()
+    return ids, scores, scored
