@@ -40,3 +40,37 @@ def test_two_ranks_agree(tmp_path):
     # while one process sees every example
     single = DeepRetrieval(tiny_config()).fit(synthetic_dataset(seed=3), log=lambda _: None)
     assert single.log[0]["examples"] == n
+
+
+def _resume_worker(rank: int, world: int, port: int, out: str, mode: str) -> None:
+    from deep_retrieval.state import Checkpointer, data_fingerprint
+    from tests.test_resume import Stop, StopAt
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        data = synthetic_dataset(seed=3)
+        ckpt, fp = f"{out}/run.ckpt", data_fingerprint(data)
+        cfg = tiny_config(em__mstep_every=3)
+        if mode == "stop":
+            try:
+                DeepRetrieval(cfg).fit(data, log=lambda _: None, checkpoint=StopAt(ckpt, fp, 4))
+            except Stop:
+                return
+        model = DeepRetrieval(cfg).fit(data, log=lambda _: None, resume=ckpt if mode == "resume" else None,
+                                       checkpoint=Checkpointer(ckpt, fp, minutes=0))
+        model.save(f"{out}/{mode}{rank}")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_resume_from_rank_zeros_checkpoint(tmp_path):
+    """Rank 0 writes the checkpoint (with every rank's M-step window); both ranks resume from it."""
+    for mode in ("stop", "resume", "full"):
+        mp.spawn(_resume_worker, args=(2, _free_port(), str(tmp_path), mode), nprocs=2, join=True)
+    full = DeepRetrieval.load(tmp_path / "full0")
+    for r in (0, 1):
+        resumed = DeepRetrieval.load(tmp_path / f"resume{r}")
+        np.testing.assert_array_equal(resumed.assignment, full.assignment)
+        for (k, x), (_, y) in zip(resumed.net.state_dict().items(), full.net.state_dict().items(), strict=True):
+            assert torch.equal(x, y), k

@@ -132,21 +132,24 @@ class DeepRetrieval(Recommender):
     # ------------------------------------------------------------------ training
     def fit(
         self, dataset: Dataset, log=print, checkpoint: Checkpointer | None = None,
-        resume: str | Path | None = None,
+        resume: str | Path | None = None, device: str | None = None,
     ) -> Self:
         """Train on ``dataset`` (the EM loop of ``train.py``) and return self.
 
         ``checkpoint``: writes the training state as the run goes (``state.Checkpointer``).
         ``resume``: a checkpoint file to continue from instead of starting afresh; its config
         replaces this model's (the run goes on exactly as it was started).
+        ``device``: replaces ``config.train.device`` ("auto", "cpu", "cuda", "cuda:N").
         """
         if not isinstance(dataset, Dataset):
             raise DRError(f"fit() takes a Dataset (Dataset.load(dir) or prepare(...)), "
                           f"not {type(dataset).__name__}")
         if resume is not None:
-            state = load_checkpoint(resume, dataset)
+            state = load_checkpoint(resume, dataset, device)
             self.config = state.config
         else:
+            if device is not None:
+                self.config.train.device = device
             if self.config.train.epochs_joint + self.config.train.epochs_dr == 0:
                 raise DRError("invalid config: train.epochs_joint + train.epochs_dr is 0: nothing to train")
             state = TrainState.new(self.config, dataset)

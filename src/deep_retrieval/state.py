@@ -186,8 +186,10 @@ def save_checkpoint(state: TrainState, path, data_fp: str) -> None:
             tmp.unlink()
 
 
-def load_checkpoint(path, ds: Dataset) -> TrainState:
-    """The state saved at ``path``; ``ds`` must be the data set the run was training on."""
+def load_checkpoint(path, ds: Dataset, device: str | None = None) -> TrainState:
+    """The state saved at ``path``; ``ds`` must be the data set the run was training on.
+
+    ``device`` replaces the run's ``train.device`` (bit-exact only on the same device)."""
     path = Path(path)
     if not path.is_file():
         raise DRError(f"no checkpoint at {path} to resume from")
@@ -208,6 +210,8 @@ def load_checkpoint(path, ds: Dataset) -> TrainState:
     import tomllib
 
     cfg = Config.from_dict(tomllib.loads(obj["config"]), f"checkpoint {path}")
+    if device is not None:
+        cfg.train.device = device
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 
 from .beam import beam_search
 from .data.dataset import Dataset, unique_sorted
+from .errors import DRError
 from .examples import Examples
 from .metrics import compute
 from .mstep import collect_scores, coordinate_descent, penalised_objective, streaming_update
@@ -57,6 +58,11 @@ def train(
     S, E, T = cfg.structure, cfg.em, cfg.train
     ex = ex or Examples(ds, cfg.encoder.max_seq_len, T.context)
     net, P = state.net, state.progress
+    if _rank_world()[1] > 1 and dist.get_backend() == "nccl" and any(
+        isinstance(m, torch.nn.Embedding) and m.sparse for m in net.modules()
+    ):
+        raise DRError("data parallel on GPUs (NCCL) needs dense embedding gradients: "
+                      "set train.sparse_embeddings = \"no\"")
     frozen = {id(p) for p in net.softmax_params()}
     n_epochs = T.epochs_joint + T.epochs_dr
     while P.epoch < n_epochs:
