@@ -157,6 +157,17 @@ class DeepRetrieval(Recommender):
         self._adopt(state, dataset.item_ids)
         return self
 
+    def partial_fit(self, users, items, times=None, epochs: int = 1, log=print) -> Self:
+        """Continue training on new interactions (original user and item ids, optional times).
+
+        New items get embedding rows and paths (placed by the M-step with the size penalty),
+        old items keep theirs with their scores decayed by eta; the id map grows. See
+        ``update.py``.
+        """
+        from .update import update
+
+        return update(self, users, items, times, epochs=epochs, log=log)
+
     def _adopt(self, state: TrainState, item_ids: np.ndarray) -> None:
         """Take the trained parts of a finished training state."""
         self.net, self.scores, self.log = state.net.eval(), state.scores, state.log

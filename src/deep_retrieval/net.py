@@ -66,3 +66,30 @@ class DRNet(nn.Module):
         """
         enc = self.enc_str if self.enc_rr is None else self.enc_rr
         return list(self.reranker.parameters()) + list(enc.parameters())
+
+
+def grow(net: DRNet, cfg: Config, item_counts: np.ndarray) -> DRNet:
+    """``net`` for a catalogue grown to ``len(item_counts)`` items (new items at the end).
+
+    The old items' rows and every other weight are copied; the new items' rows keep the fresh
+    initialisation of a new DRNet (built with the caller's torch seed). ``item_counts`` (V',)
+    replaces the training counts N_v (the reranker's sampling distribution follows them).
+    """
+    V = net.reranker.n_items
+    new = DRNet(len(item_counts), cfg, item_counts=item_counts)
+    old_sd, new_sd = net.state_dict(), new.state_dict()
+    with torch.no_grad():
+        for k, w in new_sd.items():
+            o = old_sd[k].to(w.device)
+            if k == "item_counts":
+                continue
+            if o.shape == w.shape:
+                w.copy_(o)
+            elif o.shape[0] == V + 1:  # an encoder's table: V item rows + the padding row last
+                w[:V].copy_(o[:V])
+                w[-1].copy_(o[V])
+            elif o.shape[0] == V:  # the reranker's output embeddings
+                w[:V].copy_(o)
+            else:
+                raise AssertionError(f"cannot grow {k} from {tuple(o.shape)} to {tuple(w.shape)}")
+    return new

@@ -39,7 +39,7 @@ from .data.dataset import Dataset
 from .errors import DRError
 from .examples import Examples
 from .mstep import ScoreTable
-from .net import DRNet
+from .net import DRNet, grow
 from .paths import random_assignment
 
 CHECKPOINT_FORMAT = "deep-retrieval checkpoint"
@@ -136,6 +136,34 @@ class TrainState:
         net.to(device)
         return cls(cfg, net, make_optimizers(net, T.lr, T.weight_decay), assignment,
                    ScoreTable.empty(V, E.S), rng, device)
+
+
+    @classmethod
+    def for_update(
+        cls, cfg: Config, net: DRNet, assignment: np.ndarray, scores: ScoreTable, ds: Dataset,
+        ex: Examples, seed: int,
+    ) -> TrainState:
+        """Continue a trained model on new data ``ds`` whose catalogue extends the model's.
+
+        Old items keep their weights, paths and (decaying) scores; new items get fresh rows,
+        J random distinct paths and empty score rows: the M-step places them. The training
+        counts N_v become the old ones plus the new examples'. Optimisers start afresh.
+        """
+        S, E, T = cfg.structure, cfg.em, cfg.train
+        device = resolve_device(T.device)
+        if T.threads:
+            torch.set_num_threads(T.threads)
+        torch.manual_seed(seed)
+        rng = np.random.default_rng(seed)
+        V_old, V = assignment.shape[0], ds.n_items
+        counts = np.bincount(ex.targets, minlength=V)  # (V,)
+        counts[:V_old] += net.item_counts.cpu().numpy()
+        net = grow(net.cpu(), cfg, counts).to(device)
+        fresh = random_assignment(V - V_old, S.J, S.K**S.D, rng) if V > V_old else assignment[:0]
+        grown = ScoreTable(np.vstack([scores.paths, np.full((V - V_old, E.S), -1, dtype=np.int64)]),
+                           np.vstack([scores.scores, np.zeros((V - V_old, E.S), dtype=np.float32)]))
+        return cls(cfg, net, make_optimizers(net, T.lr, T.weight_decay),
+                   np.vstack([assignment, fresh]).astype(np.int64), grown, rng, device)
 
 
 # ---------------------------------------------------------------------- checkpoints
