@@ -100,8 +100,10 @@ class TrainConfig:
     max_examples_per_epoch: int = 0  # 0 = all; else a seeded random subset per epoch
     # a training example's input: "prefix" = the items before the target (time-ordered logs,
     # the paper); "others" = the user's other training items, the last max_seq_len of them
-    # (logs without a meaningful order: the input then looks like a serving-time history)
-    context: Literal["prefix", "others"] = "prefix"
+    # (logs without a meaningful order: the input then looks like a serving-time history);
+    # "user" = one example per user, input = the last max_seq_len items, targets = all of the
+    # user's items (a multi-target loss; pair it with encoder.dropout). See examples.py.
+    context: Literal["prefix", "others", "user"] = "prefix"
     # sparse item-embedding gradients + SparseAdam (a step's cost then does not grow with V);
     # "auto" = yes from 100,000 items on (below that a dense gradient is cheaper)
     sparse_embeddings: Literal["auto", "yes", "no"] = "auto"
@@ -173,6 +175,10 @@ class Config:
             (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
             (self.train.lr > 0, "train.lr must be > 0"),
             (self.train.epochs_joint >= 0 and self.train.epochs_dr >= 0, "epochs must be >= 0"),
+            (self.train.epochs_joint + self.train.epochs_dr > 0,
+             "train.epochs_joint = train.epochs_dr = 0: nothing would be trained"),
+            (self.train.threads >= 0,
+             f"train.threads must be >= 0 (0: torch's default), got {self.train.threads}"),
         ]
         for ok, msg in checks:
             if not ok:

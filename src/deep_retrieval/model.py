@@ -229,8 +229,11 @@ class DeepRetrieval(Recommender):
         out = []
         for lo in range(0, len(hist), 4096):
             h, lens = self._padded(hist, np.arange(lo, min(lo + 4096, len(hist))))
-            enc = self.net.encode_rr if which == "rr" else self.net.enc_str
-            out.append(enc(h, lens).float().cpu().numpy())
+            if which == "rr":  # as the reranker scores it (unit length for cosine similarity)
+                u = self.net.reranker.user(self.net.encode_rr(h, lens))
+            else:
+                u = self.net.enc_str(h, lens)
+            out.append(u.float().cpu().numpy())
         e = self.config.encoder.e
         return np.concatenate(out) if out else np.zeros((0, e), dtype=np.float32)
 

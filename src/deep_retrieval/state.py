@@ -130,7 +130,7 @@ class TrainState:
         rng = np.random.default_rng(T.seed)
         ex = ex or Examples(ds, cfg.encoder.max_seq_len, T.context)
         V = ds.n_items
-        counts = np.bincount(ex.targets, minlength=V)  # (V,) N_v over all training pairs
+        counts = ex.item_counts(V)  # (V,) N_v over all training pairs
         net = DRNet(V, cfg, item_counts=counts)  # built on the CPU: the same init on any device
         assignment = random_assignment(V, S.J, S.K**S.D, rng)  # (V, J)
         net.to(device)
@@ -156,7 +156,7 @@ class TrainState:
         torch.manual_seed(seed)
         rng = np.random.default_rng(seed)
         V_old, V = assignment.shape[0], ds.n_items
-        counts = np.bincount(ex.targets, minlength=V)  # (V,)
+        counts = ex.item_counts(V)  # (V,)
         counts[:V_old] += net.item_counts.cpu().numpy()
         net = grow(net.cpu(), cfg, counts).to(device)
         fresh = random_assignment(V - V_old, S.J, S.K**S.D, rng) if V > V_old else assignment[:0]

@@ -123,18 +123,25 @@ def _e_step(state: TrainState, ex: Examples, idx: np.ndarray, joint: bool) -> No
     """One gradient step on the batch ``idx`` of examples."""
     net, S, P, dev = state.net, state.config.structure, state.progress, state.device
     net.train()
-    hist, lengths, y = (t.to(dev) for t in ex.batch(idx))
-    pi = torch.from_numpy(state.assignment[ex.targets[idx]]).to(dev)  # (b, J) flat path ids
-    paths = from_flat(pi, S.K, S.D)  # (b, J, D)
+    hist, lengths, y = ex.batch(idx)  # y: (b,) one target per example, or (b, T) padded -1
+    pi = torch.from_numpy(state.assignment[y.numpy().clip(min=0)]).to(dev)  # (b, J) or (b, T, J)
+    paths = from_flat(pi, S.K, S.D)  # (b, J, D) or (b, T, J, D)
+    hist, lengths, y = hist.to(dev), lengths.to(dev), y.to(dev)
+
+    def structure_loss(u_str):  # () = -Q_str / batch
+        if y.dim() == 1:
+            return net.structure.multipath_loss(u_str, paths)
+        return net.structure.multipath_loss_multi(u_str, paths, y >= 0)
+
     if joint:
         u_str, u_rr = net.encode(hist, lengths)  # (batch, e) each
-        loss_str = net.structure.multipath_loss(u_str, paths)  # () = -Q_str / batch
-        loss_sm = net.reranker.sampled_softmax_loss(u_rr, y)  # () = -Q_softmax / batch
+        loss_str = structure_loss(u_str)
+        loss_sm = net.reranker.loss(u_rr, y)  # () = -Q_softmax / batch
         loss = loss_str + loss_sm
         P.loss_sm += loss_sm.item() * len(idx)
     else:  # phase 2: the softmax model is frozen and not even evaluated
         u_str = net.enc_str(hist, lengths)  # (batch, e)
-        loss = loss_str = net.structure.multipath_loss(u_str, paths)
+        loss = loss_str = structure_loss(u_str)
     for opt in state.opts:
         opt.zero_grad(set_to_none=True)
     loss.backward()
@@ -158,7 +165,7 @@ def window_examples(ex: Examples, window: list[np.ndarray], V: int) -> tuple[np.
     An M-step spanning several epochs scores each example once (with the current model).
     """
     idx = unique_sorted(np.concatenate(window)) if window else np.zeros(0, dtype=np.int64)  # (n,)
-    return idx, np.bincount(ex.targets[idx], minlength=V)
+    return idx, np.bincount(ex.pairs(idx)[1], minlength=V)
 
 
 @torch.no_grad()
@@ -171,16 +178,18 @@ def m_step(state: TrainState, ex: Examples, idx: np.ndarray, N_v: np.ndarray) ->
     V = len(N_v)
     t0 = time.perf_counter()
     tables = net.structure.prefix_tables()
-    flat_parts, prob_parts = [], []
+    flat_parts, prob_parts, target_parts = [], [], []
     for lo in range(0, len(idx), SCORE_BATCH):
         b = idx[lo : lo + SCORE_BATCH]
         hist, lengths, _ = (t.to(state.device) for t in ex.batch(b))
         u_str = net.enc_str(hist, lengths)  # (b, e)
         paths, logp = beam_search(net.structure, u_str, E.S, tables)  # (b, S', D), (b, S')
-        flat_parts.append(to_flat(paths, S.K).cpu().numpy())
-        prob_parts.append(logp.exp().float().cpu().numpy())
+        rows, items = ex.pairs(b)  # each example's beam scores each of its targets
+        flat_parts.append(to_flat(paths, S.K).cpu().numpy()[rows])
+        prob_parts.append(logp.exp().float().cpu().numpy()[rows])
+        target_parts.append(items)
     width = min(E.S, S.K**S.D)
-    targets = ex.targets[idx]
+    targets = np.concatenate(target_parts) if target_parts else np.zeros(0, dtype=np.int64)
     flat = np.concatenate(flat_parts) if flat_parts else np.zeros((0, width), dtype=np.int64)
     probs = np.concatenate(prob_parts) if prob_parts else np.zeros((0, width), dtype=np.float32)
     if _rank_world()[1] > 1:  # every rank gets every rank's triples, and N_v over all of them

@@ -2,7 +2,7 @@
 
 This is the paper's "brute force" baseline (and its Table 2's "YouTube product-DNN"):
 the same user encoder (GRU or mean-pool) and sampled-softmax output embeddings as DR's
-reranker, trained with the sampled softmax only, for as many epochs as DR trains its
+reranker, trained with the reranker loss only (`reranker.loss`), for as many epochs as DR trains its
 softmax model (``train.epochs_joint``), with the same batches, optimiser and seed.
 Retrieval is an exact inner-product search over all V items (``BruteForce``).
 
@@ -65,7 +65,7 @@ class YouTubeDNN(Recommender):
         if len(ex) == 0:
             raise DRError("the data set has no training examples (every training row is shorter than 2)")
         V = dataset.n_items
-        self.net = net = SoftmaxNet(V, cfg, np.bincount(ex.targets, minlength=V))
+        self.net = net = SoftmaxNet(V, cfg, ex.item_counts(V))
         self.item_ids = dataset.item_ids
         opts = make_optimizers(net, T.lr, T.weight_decay)
         self.log = []
@@ -77,7 +77,7 @@ class YouTubeDNN(Recommender):
             t0, total = time.perf_counter(), 0.0
             for idx in np.array_split(order, max(1, -(-len(order) // T.batch_size))):
                 hist, lengths, y = ex.batch(idx)
-                loss = net.reranker.sampled_softmax_loss(net.encoder(hist, lengths), y)  # ()
+                loss = net.reranker.loss(net.encoder(hist, lengths), y)  # ()
                 for opt in opts:
                     opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -108,7 +108,8 @@ class YouTubeDNN(Recommender):
         for lo in range(0, len(hist), 4096):
             rows = np.arange(lo, min(lo + 4096, len(hist)))
             h, lens = pad_ragged(hist, self.config.encoder.max_seq_len, rows)
-            out.append(self.net.encoder(torch.from_numpy(h), torch.from_numpy(lens)).numpy())
+            u = self.net.encoder(torch.from_numpy(h), torch.from_numpy(lens))  # (rows, e)
+            out.append(self.net.reranker.user(u).numpy())  # as the reranker scores it
         return np.concatenate(out) if out else np.zeros((0, self.config.encoder.e), dtype=np.float32)
 
     def recommend(self, histories, k: int, exclude_history: bool = False):

@@ -1,0 +1,56 @@
+"""train.context = "user": one example per user, all of the user's items as targets."""
+
+import numpy as np
+import pytest
+
+from deep_retrieval.examples import Examples
+from deep_retrieval.model import DeepRetrieval
+from tests.test_contract import synthetic_dataset
+from tests.test_model import tiny_config
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_dataset(seed=3)
+
+
+def test_user_examples_hold_every_item_of_a_row_as_targets(data):
+    ex = Examples(data, 4, "user")
+    rows = data.train
+    eligible = np.flatnonzero(rows.lengths >= 2)
+    assert len(ex) == len(eligible)
+    idx = np.array([0, 3, 1])
+    hist, lengths, y = ex.batch(idx)
+    for b, i in enumerate(idx):
+        row = rows[eligible[i]]
+        assert hist[b, : lengths[b]].tolist() == row[-4:].tolist()  # the most recent 4 as input
+        t = y[b].numpy()
+        assert t[t >= 0].tolist() == row.tolist()  # every item a target, oldest first
+    r, items = ex.pairs(idx)
+    assert items.tolist() == np.concatenate([rows[eligible[i]] for i in idx]).tolist()
+    assert r.tolist() == np.repeat(np.arange(3), [len(rows[eligible[i]]) for i in idx]).tolist()
+    want = np.bincount(np.concatenate([rows[i] for i in eligible]), minlength=data.n_items)
+    np.testing.assert_array_equal(ex.item_counts(data.n_items), want)
+
+
+def test_user_context_trains_end_to_end_and_the_mstep_scores_every_target(data, monkeypatch):
+    import deep_retrieval.train as train
+
+    seen = []
+    real = train.collect_scores
+
+    def spy(targets, flat, probs, V, S):
+        seen.append(np.sort(targets))
+        assert len(targets) == len(flat) == len(probs)
+        return real(targets, flat, probs, V, S)
+
+    monkeypatch.setattr(train, "collect_scores", spy)
+    cfg = tiny_config(train__context="user", encoder__dropout=0.5, encoder__kind="mean",
+                      reranker__loss="full", reranker__similarity="cosine", reranker__temperature=0.1)
+    model = DeepRetrieval(cfg).fit(data, log=lambda _: None)
+    rows = data.train
+    all_items = np.sort(np.concatenate([rows[i] for i in np.flatnonzero(rows.lengths >= 2)]))
+    assert len(seen) == 2 and all(np.array_equal(s, all_items) for s in seen)
+    assert all(np.isfinite(e["Q_str"]) and 0 <= e["val_recall@10"] <= 1 for e in model.log)
+    ids, _ = model.recommend(data.test.hist, 5)
+    assert (ids >= 0).all()
