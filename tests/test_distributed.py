@@ -57,8 +57,8 @@ def _resume_worker(rank: int, world: int, port: int, out: str, mode: str) -> Non
                 DeepRetrieval(cfg).fit(data, log=lambda _: None, checkpoint=StopAt(ckpt, fp, 4))
             except Stop:
                 return
-        model = DeepRetrieval(cfg).fit(data, log=lambda _: None, resume=ckpt if mode == "resume" else None,
-                                       checkpoint=Checkpointer(ckpt, fp, minutes=0))
+        model = DeepRetrieval(cfg).fit(data, log=lambda _: None, checkpoint=Checkpointer(ckpt, fp, minutes=0),
+                                       resume=ckpt if mode == "resume" else None)
         model.save(f"{out}/{mode}{rank}")
     finally:
         dist.destroy_process_group()
@@ -72,5 +72,6 @@ def test_two_ranks_resume_from_rank_zeros_checkpoint(tmp_path):
     for r in (0, 1):
         resumed = DeepRetrieval.load(tmp_path / f"resume{r}")
         np.testing.assert_array_equal(resumed.assignment, full.assignment)
-        for (k, x), (_, y) in zip(resumed.net.state_dict().items(), full.net.state_dict().items(), strict=True):
+        pairs = zip(resumed.net.state_dict().items(), full.net.state_dict().items(), strict=True)
+        for (k, x), (_, y) in pairs:
             assert torch.equal(x, y), k

@@ -102,7 +102,8 @@ def test_resumed_twice_equals_uninterrupted(data, uninterrupted, tmp_path):
 def test_checkpoint_of_other_data_or_garbage_is_refused(data, tmp_path):
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(Stop):
-        DeepRetrieval(config()).fit(data, log=lambda _: None, checkpoint=StopAt(ckpt, data_fingerprint(data), 2))
+        fp = data_fingerprint(data)
+        DeepRetrieval(config()).fit(data, log=lambda _: None, checkpoint=StopAt(ckpt, fp, 2))
     other = synthetic_dataset(seed=4)
     with pytest.raises(DRError, match="other data"):
         DeepRetrieval().fit(other, resume=ckpt)

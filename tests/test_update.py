@@ -30,20 +30,33 @@ def test_extend_catalogue_appends_unseen_ids_in_first_seen_order():
 
 
 def test_log_dataset_rows_are_time_ordered_per_user():
-    ds = log_dataset(np.array([1, 2, 3]), users=[7, 5, 7, 5, 7], items=[3, 1, 2, 9, 1], times=[3, 2, 1, 1, 2])
+    ds, new = log_dataset(np.array([1, 2, 3]), users=[7, 5, 7, 5, 7], items=[3, 1, 2, 9, 1],
+                          times=[3, 2, 1, 1, 2])
     assert ds.train.to_lists() == [[3, 0], [1, 0, 2]]  # user 5: 9 (new, index 3) then 1; user 7: 2, 1, 3
     np.testing.assert_array_equal(ds.item_ids, [1, 2, 3, 9])
+    assert new.all()
+    # earlier interactions of the same users come first in their rows, as inputs only
+    ds, new = log_dataset(np.array([1, 2, 3]), users=[7, 5], items=[3, 1], times=[9, 9],
+                          history=([5, 6, 7, 5], [2, 2, 1, 3], [5, 1, 1, 1]))
+    assert ds.train.to_lists() == [[2, 1, 0], [0, 2]]  # user 5: 3, 2 (history) then 1; user 7: 1 then 3
+    assert new.tolist() == [False, False, True, False, True]
+    from deep_retrieval.examples import Examples
+
+    ex = Examples(ds, 10, "prefix").only_targets_at(new)
+    assert ex.targets.tolist() == [0, 2]
 
 
 def test_an_update_without_data_only_decays_the_scores(model):
     before = {k: v.clone() for k, v in model.net.state_dict().items()}
     pi, s = model.assignment.copy(), model.scores.scores.copy()
-    model.partial_fit(users=np.zeros(0, dtype=np.int64), items=np.zeros(0, dtype=np.int64), log=lambda _: None)
+    none = np.zeros(0, dtype=np.int64)
+    model.partial_fit(users=none, items=none, log=lambda _: None)
     np.testing.assert_array_equal(model.assignment, pi)
     for k, v in model.net.state_dict().items():
         assert torch.equal(v, before[k]), k
     eta = model.config.em.eta
-    np.testing.assert_allclose(model.scores.scores, (eta * s.astype(np.float64)).astype(np.float32), rtol=1e-6)
+    want = (eta * s.astype(np.float64)).astype(np.float32)
+    np.testing.assert_allclose(model.scores.scores, want, rtol=1e-6)
     assert model.log[-1]["phase"] == "update" and model.log[-1]["examples"] == 0
 
 
@@ -87,7 +100,8 @@ def test_dr_update_cli(model, tmp_path, capsys):
     rows = ["user,item,time"] + [f"{u},{model.item_ids[u % 5]},{2 * u}" for u in range(30)] + \
         [f"{u},{new_id},{2 * u + 1}" for u in range(30)]
     (tmp_path / "new.csv").write_text("\n".join(rows) + "\n")
-    assert main(["update", str(tmp_path / "m"), str(tmp_path / "new.csv"), "--out", str(tmp_path / "m2")]) == 0
+    new_log = str(tmp_path / "new.csv")
+    assert main(["update", str(tmp_path / "m"), new_log, "--out", str(tmp_path / "m2")]) == 0
     assert "1 new items" in capsys.readouterr().out
     m2 = DeepRetrieval.load(tmp_path / "m2")
     assert m2.n_items == model.n_items + 1

@@ -54,3 +54,15 @@ def test_user_context_trains_end_to_end_and_the_mstep_scores_every_target(data, 
     assert all(np.isfinite(e["Q_str"]) and 0 <= e["val_recall@10"] <= 1 for e in model.log)
     ids, _ = model.recommend(data.test.hist, 5)
     assert (ids >= 0).all()
+
+
+def test_early_stopping_ends_the_joint_phase_when_validation_recall_is_flat(data):
+    from deep_retrieval.train import _stalled
+
+    log = [{"phase": "joint", "val_recall@10": v} for v in (0.1, 0.3, 0.2, 0.3)]
+    assert _stalled(log, "val_recall@10", 2) and not _stalled(log, "val_recall@10", 3)
+    assert not _stalled(log[:2], "val_recall@10", 2)
+    # a learning rate of ~0 keeps validation recall flat: the joint phase stops after 1 + patience
+    cfg = tiny_config(train__epochs_joint=6, train__epochs_dr=1, train__patience=1, train__lr=1e-12)
+    model = DeepRetrieval(cfg).fit(data, log=lambda _: None)
+    assert [e["phase"] for e in model.log] == ["joint", "joint", "dr"]

@@ -108,6 +108,11 @@ class TrainConfig:
     # "auto" = yes from 100,000 items on (below that a dense gradient is cheaper)
     sparse_embeddings: Literal["auto", "yes", "no"] = "auto"
     progress: bool = True
+    # early stopping of the joint phase: after this many joint epochs in a row without a
+    # better validation recall@val_k (DR's, on the validation users), go on to the DR-only
+    # phase; 0 = off (every joint epoch runs)
+    patience: int = 0
+    val_k: int = 10  # the cut-off of the validation recall logged after every epoch
     # where the E-step, the M-step's score collection and validation run: "auto" = a CUDA GPU
     # when torch sees one, else the CPU; "cpu"; "cuda" or "cuda:N". Coordinate descent and
     # the streaming update always run on the CPU (numba). The saved model is device-free.
@@ -173,6 +178,8 @@ class Config:
             (self.em.mstep_every >= 0, "em.mstep_every must be >= 0"),
             (self.beam.B >= 1, "beam.B must be >= 1"),
             (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
+            (self.train.patience >= 0, "train.patience must be >= 0"),
+            (self.train.val_k >= 1, "train.val_k must be >= 1"),
             (self.train.lr > 0, "train.lr must be > 0"),
             (self.train.epochs_joint >= 0 and self.train.epochs_dr >= 0, "epochs must be >= 0"),
             (self.train.epochs_joint + self.train.epochs_dr > 0,

@@ -43,6 +43,16 @@ class Examples:
     def __len__(self) -> int:
         return len(self.starts)
 
+    def only_targets_at(self, mask: np.ndarray) -> Examples:
+        """Keep the examples whose target sits where ``mask`` (aligned with the training
+        values) is True, in place: earlier items then serve as inputs only (``"prefix"`` and
+        ``"others"``; a ``"user"`` example keeps every item of its row as a target)."""
+        if self.context != "user":
+            keep = mask[self.pos]
+            self.pos, self.starts, self.ends = self.pos[keep], self.starts[keep], self.ends[keep]
+            self.targets = self.targets[keep]
+        return self
+
     def _rows(self, idx: np.ndarray) -> Ragged:
         """The whole rows of the examples ``idx`` (``"user"``), as a Ragged."""
         lengths = self.ends[idx] - self.starts[idx]  # (b,)

@@ -157,8 +157,11 @@ class DeepRetrieval(Recommender):
         self._adopt(state, dataset.item_ids)
         return self
 
-    def partial_fit(self, users, items, times=None, epochs: int = 1, log=print) -> Self:
+    def partial_fit(self, users, items, times=None, epochs: int = 1, log=print, history=None) -> Self:
         """Continue training on new interactions (original user and item ids, optional times).
+
+        ``history``: (users, items, times or None) of earlier interactions; the new log's
+        users' ones precede their new items as inputs, never as targets.
 
         New items get embedding rows and paths (placed by the M-step with the size penalty),
         old items keep theirs with their scores decayed by eta; the id map grows. See
@@ -166,7 +169,7 @@ class DeepRetrieval(Recommender):
         """
         from .update import update
 
-        return update(self, users, items, times, epochs=epochs, log=log)
+        return update(self, users, items, times, epochs=epochs, log=log, history=history)
 
     def _adopt(self, state: TrainState, item_ids: np.ndarray) -> None:
         """Take the trained parts of a finished training state."""

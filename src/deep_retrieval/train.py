@@ -109,12 +109,17 @@ def train(
             **P.mstep_info,
             "paths": path_stats(state.assignment, S.K**S.D),
         }
-        entry.update(_validate(state, ds))
+        entry.update(_validate(state, ds, T.val_k))
         state.log.append(entry)
         if rank == 0:
             log(_epoch_line(entry))
         P.epoch += 1
         state.order = None
+        if joint and T.patience and _stalled(state.log, f"val_recall@{T.val_k}", T.patience):
+            if rank == 0:
+                log(f"validation recall@{T.val_k} has not improved for {T.patience} epochs: "
+                    "the joint phase ends")
+            P.epoch = max(P.epoch, T.epochs_joint)
     net.eval()
     return state
 
@@ -231,6 +236,12 @@ def _penalty(pi: np.ndarray, p: float) -> float:
     """sum_c f(|c|) with f(x) = x^p / p over the assignment's exact path sizes."""
     _, sizes = np.unique(pi, return_counts=True)
     return float(np.sum(sizes.astype(np.float64) ** p / p))
+
+
+def _stalled(log: list[dict], key: str, patience: int) -> bool:
+    """True when the last ``patience`` joint epochs all logged ``key`` below the best before them."""
+    vals = [e[key] for e in log if e.get("phase") == "joint" and key in e]
+    return len(vals) > patience and max(vals[-patience:]) <= max(vals[:-patience])
 
 
 def _validate(state: TrainState, ds: Dataset, k: int = 10) -> dict:

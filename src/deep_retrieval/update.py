@@ -47,33 +47,52 @@ def extend_catalogue(item_ids: np.ndarray, items: np.ndarray) -> tuple[np.ndarra
     return np.concatenate([item_ids, extra.astype(item_ids.dtype, copy=False)]), dense
 
 
-def log_dataset(item_ids: np.ndarray, users, items, times=None) -> Dataset:
-    """A training-only Dataset of the new log: one time-ordered row per user."""
+def log_dataset(item_ids: np.ndarray, users, items, times=None, history=None) -> tuple[Dataset, np.ndarray]:
+    """A training-only Dataset of the new log, one time-ordered row per user, and a mask
+    (aligned with ``ds.train.values``) of the new interactions.
+
+    ``history``: (users, items, times or None) of earlier interactions; those of the new
+    log's users go first in their rows, as inputs only.
+    """
     users, items = np.asarray(users), np.asarray(items)
     if users.shape != items.shape or users.ndim != 1:
         raise DRError(f"users and items must be 1-d and of one length, got {users.shape} and {items.shape}")
-    grown, dense = extend_catalogue(np.asarray(item_ids), items)
-    uniq, u = np.unique(users, return_inverse=True)
     keys = np.zeros(len(users)) if times is None else np.asarray(times, dtype=np.float64)
     if keys.shape != users.shape:
         raise DRError("times must have one entry per interaction")
-    order = np.lexsort((keys, u))  # by user, then time; file order breaks ties (lexsort is stable)
+    new = np.ones(len(users), dtype=bool)
+    group = np.ones(len(users))  # history (0) before the new interactions (1) in each row
+    if history is not None:
+        hu, hi = np.asarray(history[0]), np.asarray(history[1])
+        ht = np.zeros(len(hu)) if history[2] is None else np.asarray(history[2], dtype=np.float64)
+        mine = np.isin(hu, users)
+        n_old = int(mine.sum())
+        users, items = np.concatenate([hu[mine], users]), np.concatenate([hi[mine], items])
+        keys, group = np.concatenate([ht[mine], keys]), np.concatenate([np.zeros(n_old), group])
+        new = np.concatenate([np.zeros(n_old, dtype=bool), new])
+    grown, dense = extend_catalogue(np.asarray(item_ids), items)
+    uniq, u = np.unique(users, return_inverse=True)
+    order = np.lexsort((keys, group, u))  # by user, history first, then time; stable
     lengths = np.bincount(u, minlength=len(uniq)).astype(np.int64)
     empty = Split(np.zeros(0, dtype=np.int64), Ragged.from_lists([]), Ragged.from_lists([]))
-    return Dataset(
+    ds = Dataset(
         item_ids=grown, user_ids=uniq, train=Ragged.from_lengths(dense[order], lengths),
         train_users=np.arange(len(uniq), dtype=np.int64), val=empty, test=empty,
-        manifest={"kind": "update log", "interactions": int(len(users))},
+        manifest={"kind": "update log", "interactions": int(new.sum())},
     )
+    return ds, new[order]
 
 
-def update(model, users, items, times=None, epochs: int = 1, log=print):
-    """Continue ``model`` (a fitted DeepRetrieval) on a new log, in place; returns it."""
+def update(model, users, items, times=None, epochs: int = 1, log=print, history=None):
+    """Continue ``model`` (a fitted DeepRetrieval) on a new log, in place; returns it.
+
+    ``history``: (users, items, times or None) of the users' earlier interactions, inputs only.
+    """
     model._check_fitted()
     if epochs < 1:
         raise DRError(f"epochs must be >= 1, got {epochs}")
     cfg = model.config
-    ds = log_dataset(model.item_ids, users, items, times)
+    ds, new = log_dataset(model.item_ids, users, items, times, history)
     V_old = model.n_items
     # the update's schedule: joint epochs on the new rows, one M-step at the end of each
     run = dataclasses.replace(
@@ -81,7 +100,7 @@ def update(model, users, items, times=None, epochs: int = 1, log=print):
         train=dataclasses.replace(cfg.train, epochs_joint=epochs, epochs_dr=0, max_examples_per_epoch=0),
         em=dataclasses.replace(cfg.em, mstep_every=0),
     )
-    ex = Examples(ds, cfg.encoder.max_seq_len, cfg.train.context)
+    ex = Examples(ds, cfg.encoder.max_seq_len, cfg.train.context).only_targets_at(new)
     scores = model.scores if model.scores is not None else ScoreTable.empty(V_old, cfg.em.S)
     n_updates = sum(1 for e in model.log if e.get("phase") == "update")
     seed = cfg.train.seed + 1000 * (n_updates + 1)
