@@ -38,7 +38,7 @@ from .mstep import ScoreTable
 from .net import SPARSE_FROM_ITEMS, DRNet, uses_sparse_embeddings
 from .paths import PathIndex
 from .recommender import Recommender
-from .retrieval import net_device, padded, recommend
+from .retrieval import candidates, net_device, padded, recommend
 from .state import Checkpointer, TrainState, load_checkpoint
 from .structure import from_flat
 from .train import train
@@ -269,6 +269,14 @@ class DeepRetrieval(Recommender):
             self._prefix_tables(),
         )
         return ids, scores
+
+    def candidates(self, histories, B: int | None = None) -> Ragged:
+        """The items on each user's B best paths (what the reranker scores), one row per history."""
+        self._check_fitted()
+        hist = as_ragged(histories)
+        self._check_ids(hist)
+        return candidates(self.net, self._index, self.config, hist, self._beam(B),
+                          tables=self._prefix_tables())
 
     def _beam(self, B: int | None) -> int:
         if B is None:

@@ -36,6 +36,29 @@ def padded(hist: Ragged, cfg: Config, rows: np.ndarray, device) -> tuple[Tensor,
 
 
 @torch.no_grad()
+def candidates(
+    net: DRNet, index: PathIndex, cfg: Config, hist: Ragged, B: int, batch_size: int = 4096,
+    tables: list[Tensor] | None = None,
+) -> Ragged:
+    """The items on each user's B best paths (the union, ascending): one Ragged row per history."""
+    net.eval()
+    dev = net_device(net)
+    if tables is None:
+        tables = net.structure.prefix_tables()
+    parts, lengths = [], []
+    for lo in range(0, len(hist), batch_size):
+        rows = np.arange(lo, min(lo + batch_size, len(hist)))
+        h, lens = padded(hist, cfg, rows, dev)
+        paths, _ = beam_search(net.structure, net.enc_str(h, lens), B, tables)  # (b, B', D)
+        c = index.candidates(to_flat(paths, cfg.structure.K).cpu().numpy())
+        parts.append(c.values)
+        lengths.append(c.lengths)
+    if not parts:
+        return Ragged.from_lists([])
+    return Ragged.from_lengths(np.concatenate(parts), np.concatenate(lengths))
+
+
+@torch.no_grad()
 def recommend(
     net: DRNet, index: PathIndex, cfg: Config, hist: Ragged, k: int, B: int,
     exclude_history: bool = False, batch_size: int = 1024, tables: list[Tensor] | None = None,

@@ -1,0 +1,56 @@
+"""Pluggable final scoring: DR's candidates reranked by another recommender."""
+
+import numpy as np
+import pytest
+
+from deep_retrieval.baselines import EASE, ItemCF, RP3beta
+from deep_retrieval.errors import DRError
+from deep_retrieval.model import DeepRetrieval
+from deep_retrieval.rerank import Reranked
+from tests.test_contract import synthetic_dataset
+from tests.test_model import tiny_config
+
+
+@pytest.fixture(scope="module")
+def data():
+    return synthetic_dataset(seed=3)
+
+
+@pytest.fixture(scope="module")
+def dr(data):
+    return DeepRetrieval(tiny_config()).fit(data, log=lambda _: None)
+
+
+@pytest.mark.parametrize("make", [lambda: RP3beta(), lambda: ItemCF(), lambda: EASE(l2=10.0)])
+@pytest.mark.parametrize("exclude", [False, True])
+def test_rerank_with_every_path_equals_the_scorer_over_all_items(dr, data, make, exclude):
+    scorer = make().fit(data)
+    S = dr.config.structure
+    hist = data.test.hist
+    ids, scores = Reranked(dr, scorer, B=S.K**S.D).recommend(hist, 7, exclude_history=exclude)
+    want_ids, want_scores = scorer.recommend(hist, 7, exclude_history=exclude)
+    finite = np.isfinite(want_scores)
+    np.testing.assert_allclose(scores[finite], want_scores[finite], rtol=1e-5)  # ties may order differently
+    # where the scorer has nothing left to rank (it pads), every candidate is scored: the fillers score 0
+    assert np.all(scores[~finite] <= 0) and np.all(ids[~finite] >= 0)
+    for u in range(len(hist)):  # the same items above the k-th score
+        cut = want_scores[u][finite[u]].min(initial=np.inf)
+        assert set(ids[u][scores[u] > cut]) == set(want_ids[u][want_scores[u] > cut])
+
+
+def test_rerank_returns_only_dr_candidates_ordered_by_the_scorer(dr, data):
+    scorer = RP3beta().fit(data)
+    hist = data.test.hist
+    rr = Reranked(dr, scorer, B=2)
+    ids, scores = rr.recommend(hist, 5)
+    cands = dr.candidates(hist, B=2)
+    np.testing.assert_array_equal(rr.last_items_scored, cands.lengths)
+    for u in range(len(hist)):
+        got = ids[u][ids[u] >= 0]
+        assert set(got) <= set(cands[u])
+        assert len(got) == min(5, len(cands[u]))
+        s = scorer.score_items(hist.take(np.array([u])), cands.take(np.array([u]))).values
+        best = np.sort(s)[::-1][: len(got)]
+        np.testing.assert_allclose(scores[u][: len(got)], best, rtol=1e-6)
+    with pytest.raises(DRError):
+        rr.recommend(hist, 0)
