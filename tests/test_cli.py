@@ -1,9 +1,6 @@
 """The `dr` command end to end on tiny data: exit codes, one-line errors, no partial output."""
 
 import json
-import threading
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
@@ -11,7 +8,6 @@ import pytest
 from deep_retrieval.cli import main
 from deep_retrieval.data.dataset import Dataset
 from deep_retrieval.model import DeepRetrieval
-from deep_retrieval.serve import make_server
 
 TINY = """
 [structure]
@@ -128,42 +124,6 @@ def test_help(capsys):
     out = capsys.readouterr().out
     for cmd in ("prepare", "synth", "train", "evaluate", "retrieve", "serve", "demo"):
         assert cmd in out
-
-
-def test_serve(workdir):
-    model = DeepRetrieval.load(workdir / "model")
-    server = make_server(model, "127.0.0.1", 0)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{server.server_port}"
-
-    def post(body):
-        req = urllib.request.Request(base + "/recommend", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(req, timeout=10) as r:
-                return r.status, json.loads(r.read())
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read())
-
-    try:
-        with urllib.request.urlopen(base + "/health", timeout=10) as r:
-            assert json.loads(r.read())["n_items"] == model.n_items
-        status, out = post(json.dumps({"history": [101, 102], "k": 3}).encode())
-        assert status == 200 and 1 <= len(out["items"]) <= 3
-        ids, _ = model.recommend([model.dense_ids([101, 102])], 3)
-        assert out["items"] == model.item_ids[ids[0][ids[0] >= 0]].tolist()
-        status, out = post(json.dumps({"histories": [[0, 1], []], "k": 2, "dense": True}).encode())
-        assert status == 200 and len(out["results"]) == 2
-        for body in (b"{", b"[]", b'{"history": [1], "k": 0}', b'{"history": ["zzz"]}',
-                     b'{"k": 3}', b'{"history": [101], "extra": 1}', b'{"history": 5}'):
-            status, out = post(body)
-            assert status == 400 and "error" in out, body
-        status, _ = post(b"")
-        assert status == 400
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_synth_cli(tmp_path):

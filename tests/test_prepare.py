@@ -101,11 +101,56 @@ def test_ml100k_user_split_matches_independent_count(tmp_path):
     assert np.array_equal(back.test.truth.offsets, ds.test.truth.offsets)
 
 
-def test_ml100k_default_sizes_are_too_many(tmp_path):
+def test_ml100k_too_many_evaluation_users(tmp_path):
     out = tmp_path / "ds"
     with pytest.raises(DRError, match=r"only 897 users .* val_users 1000 \+ test_users 1000"):
-        prepare(real("ml-100k/u.data"), out, log=quiet)
+        prepare(real("ml-100k/u.data"), out, val_users=1000, test_users=1000, log=quiet)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("rel, eligible", [("ml-100k/u.data", 897), ("ml-latest-small/ratings.csv", 579)])
+def test_default_evaluation_users_fit_every_small_set(tmp_path, rel, eligible):
+    """The README's `dr prepare` defaults: min(1000, 10% of eligible users), recorded."""
+    ds = prepare(real(rel), tmp_path / "ds", log=quiet)
+    m = ds.manifest
+    c = m["counts"]
+    assert c["users"] == eligible
+    assert c["val_users"] == c["test_users"] == eligible // 10 == len(ds.val) == len(ds.test)
+    assert m["parameters"]["val_users"] == m["parameters"]["test_users"] == eligible // 10
+    assert m["parameters"]["val_users_given"] is None
+    assert f"default min(1000, 10% of the {eligible} eligible users)" in m["protocol"]["evaluation_users"]
+    assert c["train_users"] == eligible - 2 * (eligible // 10)
+    assert c["duplicates_removed"] == 0 and c["rows_dropped_missing_field"] == 0
+
+
+def test_ml100k_with_duplicated_rows(tmp_path):
+    """A copy of u.data with 20% of its rows repeated later in time: collapsed by default,
+    to the same data set as the original; kept as repeat events on request."""
+    src = real("ml-100k/u.data")
+    rows = src.read_text().splitlines()
+    rng = np.random.default_rng(0)
+    dup = rng.choice(len(rows), size=len(rows) // 5, replace=False)
+    later = []
+    for i in dup:
+        u, it, r, ts = rows[i].split("\t")
+        later.append(f"{u}\t{it}\t{r}\t{int(ts) + 1000}")
+    copy = write(tmp_path / "u.data", "\n".join(rows + later) + "\n")
+    a = prepare(src, tmp_path / "a", seed=3, log=quiet)
+    lines: list[str] = []
+    b = prepare(copy, tmp_path / "b", seed=3, log=lines.append)
+    kept_dups = sum(float(rows[i].split("\t")[2]) >= 4 for i in dup)
+    assert b.manifest["counts"]["duplicates_removed"] == kept_dups > 0
+    assert any(f"duplicates removed: {kept_dups:,}" in s for s in lines)
+    for name in ("train", "val", "test"):
+        ra = a.train if name == "train" else getattr(a, name).truth
+        rb = b.train if name == "train" else getattr(b, name).truth
+        assert np.array_equal(ra.values, rb.values) and np.array_equal(ra.offsets, rb.offsets)
+    c = prepare(copy, tmp_path / "c", seed=3, keep_duplicates=True, log=quiet)
+    assert c.manifest["counts"]["duplicates_removed"] == 0
+    assert c.manifest["parameters"]["keep_duplicates"] is True
+    cc, ca = c.manifest["counts"], a.manifest["counts"]
+    assert cc["after_duplicates"] == cc["after_rating_filter"] == ca["after_rating_filter"] + kept_dups
+    assert cc["users"] >= ca["users"]  # repeats count towards the user filter
 
 
 def test_amazon_book_given_split_matches_independent_count(tmp_path):
@@ -186,7 +231,8 @@ def test_pairs_have_no_rating_and_no_time(tmp_path):
 
 def test_sample_cannot_hold_1000_plus_1000(tmp_path):
     with pytest.raises(DRError, match=r"only 1994 users"):
-        prepare(real("ml-1m/sample_100k_with_time.csv"), tmp_path / "ds", log=quiet)
+        prepare(real("ml-1m/sample_100k_with_time.csv"), tmp_path / "ds", val_users=1000,
+                test_users=1000, log=quiet)  # fmt: skip
     assert not (tmp_path / "ds").exists()
 
 
@@ -204,6 +250,23 @@ def test_ml_dat_prepare_and_str_ids_roundtrip(tmp_path):
     assert ds.user_ids.tolist() == ["u0", "u1", "u2"]
     back = Dataset.load(tmp_path / "b")
     assert back.item_ids.tolist() == ds.item_ids.tolist()
+
+
+def test_given_split_collapses_repeated_pairs_within_each_file():
+    tr = Interactions(user=np.array([1, 1, 1, 1, 1, 1, 2, 2]),
+                      item=np.array([10, 11, 10, 12, 13, 14, 10, 10]), time=None, rating=None,
+                      source="t", order_note="", dropped_missing=2)  # fmt: skip
+    te = Interactions(user=np.array([1, 1, 2]), item=np.array([20, 20, 11]), time=None, rating=None,
+                      source="t", order_note="")  # fmt: skip
+    ds, c = given_split(tr, te, val_users=0)
+    assert c["train_duplicates_removed"] == 2 and c["test_duplicates_removed"] == 1
+    assert c["train_rows_read"] == 10 and c["train_rows_dropped_missing_field"] == 2
+    rows = {int(ds.user_ids[u]): ds.item_ids[ds.train[i]].tolist() for i, u in enumerate(ds.train_users)}
+    assert rows == {1: [10, 11, 12, 13, 14], 2: [10]}  # first occurrences, file order
+    truth = {int(ds.user_ids[u]): ds.item_ids[ds.test.truth[i]].tolist() for i, u in enumerate(ds.test.users)}
+    assert truth == {1: [20], 2: [11]}
+    with pytest.raises(DRError, match="user-split only"):
+        prepare(["a", "b"], "out", protocol="given-split", keep_duplicates=True, log=quiet)
 
 
 def test_given_split_small():
@@ -299,25 +362,34 @@ def logs(draw):
         draw(st.integers(0, 2)),  # val users
         draw(st.integers(1, 2)),  # test users
         draw(st.integers(0, 3)),  # seed
+        draw(st.booleans()),  # keep duplicates
     )
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(logs())
 def test_user_split_properties(log):
-    user, item, time, rating, mui, nv, nt, seed = log
+    user, item, time, rating, mui, nv, nt, seed, keep_dups = log
     inter = Interactions(user, item, time, rating, "h", "")
-    # expected: kept rows per user, time order, file order breaking ties
+    # expected: kept rows per user, time order, file order breaking ties; unless keep_dups,
+    # an item repeated by a user only at its first kept time
     kept = defaultdict(list)
     for i in range(len(user)):
         if rating[i] >= 4:
             kept[int(user[i])].append((time[i], i, int(item[i])))
-    kept = {u: [it for *_, it in sorted(v)] for u, v in kept.items() if len(v) >= mui}
+    kept = {u: [it for *_, it in sorted(v)] for u, v in kept.items()}
+    n_dups = 0
+    if not keep_dups:
+        n_dups = sum(len(v) - len(set(v)) for v in kept.values())
+        kept = {u: list(dict.fromkeys(v)) for u, v in kept.items()}
+    kept = {u: v for u, v in kept.items() if len(v) >= mui}
+    kw = dict(min_user_interactions=mui, val_users=nv, test_users=nt, keep_duplicates=keep_dups, seed=seed)
     if len(kept) < nv + nt + 1:
         with pytest.raises(DRError):
-            user_split(inter, min_user_interactions=mui, val_users=nv, test_users=nt, seed=seed)
+            user_split(inter, **kw)
         return
-    ds, c = user_split(inter, min_user_interactions=mui, val_users=nv, test_users=nt, seed=seed)
+    ds, c = user_split(inter, **kw)
+    assert c["duplicates_removed"] == n_dups
     orig = lambda r: ds.item_ids[r].tolist()  # noqa: E731
     seen: Counter = Counter()
     for split in (ds.val, ds.test):

@@ -259,9 +259,30 @@ def test_non_numeric_rating_and_time(tmp_path):
     q = write(tmp_path / "t.csv", "user,item,rating,time\n1,2,4,10\n1,3,4,yesterday\n")
     with pytest.raises(DRError, match=r"t\.csv: non-numeric time at row 2"):
         read(q, "csv")
-    e = write(tmp_path / "e.csv", "user,item,rating\n1,2,4\n,3,4\n")
-    with pytest.raises(DRError, match=r"e\.csv: user id .* is empty at row 2"):
-        read(e, "csv")
+
+
+def test_missing_and_nan_fields_are_dropped_and_counted(tmp_path):
+    # an empty cell and a NaN (written by pandas as 'NaN' or left empty) are treated alike
+    e = write(tmp_path / "e.csv", "user,item,rating,time\n1,2,4,10\n,3,4,11\n1,4,,12\n1,5,NaN,13\n"
+              "1,6,nan,14\n2,7,5,\n2,8,5,15\n")
+    it = read(e, "csv")
+    assert it.user.tolist() == [1, 2] and it.item.tolist() == [2, 8]
+    assert it.rating.tolist() == [4.0, 5.0] and it.time.tolist() == [10.0, 15.0]
+    assert it.dropped_missing == 5
+    u = write(tmp_path / "u.data", "1\t2\t3\t4\n1\t3\tNaN\t5\n1\t4\t\t6\n")
+    it = read(u, "ml-100k")
+    assert it.item.tolist() == [2] and it.dropped_missing == 2
+    # a column unused by the reader does not count; the row numbers of real errors stay exact
+    x = write(tmp_path / "x.csv", "user,item,other\n1,2,\n3,4,\n")
+    assert read(x, "csv").dropped_missing == 0
+    g = write(tmp_path / "g.csv", "user,item,rating\n1,2,\n1,3,good\n")
+    with pytest.raises(DRError, match=r"g\.csv: non-numeric rating at row 2 \(value 'good'\)"):
+        read(g, "csv")
+    n = write(tmp_path / "n.csv", "user,item,rating\n1,2,\n1,3,NaN\n")
+    with pytest.raises(DRError, match=r"n\.csv: every one of its 2 rows has a missing or NaN field"):
+        read(n, "csv")
+    both = read([e, e], "csv")
+    assert both.dropped_missing == 10 and len(both) == 4
 
 
 def test_unknown_format_and_misplaced_options(tmp_path):

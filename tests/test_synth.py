@@ -8,7 +8,16 @@ import numpy as np
 import pytest
 
 from deep_retrieval.data.dataset import Dataset, Ragged
-from deep_retrieval.data.synth import Planted, SynthConfig, cluster_purity, generate, synth
+from deep_retrieval.data.synth import (
+    Planted,
+    SynthConfig,
+    _zipf,
+    cluster_purity,
+    generate,
+    planted_top,
+    synth,
+    top_list_spread,
+)
 from deep_retrieval.errors import DRError
 
 SMALL = SynthConfig(
@@ -74,6 +83,7 @@ def test_roundtrip_and_files(small, tmp_path):
     assert back.manifest["synth"]["seed"] == SMALL.seed
     p = Planted.load(out)
     np.testing.assert_array_equal(p.item_clusters, small[1].item_clusters)
+    np.testing.assert_array_equal(p.item_prob, small[1].item_prob)
     assert p.n_clusters == small[1].n_clusters
 
 
@@ -182,6 +192,7 @@ def test_planted_purity_of_primary_clusters(small):
         {"item_zipf": float("nan")},
         {"user_alpha": 0.0},
         {"max_clusters_per_item": 0},
+        {"distinct_user_clusters": True, "n_clusters": 2},  # 3 distinct slots out of 2
     ],
 )
 def test_bad_configs(change, tmp_path):
@@ -202,3 +213,122 @@ def test_tiny_corner_cases():
     # one cluster, one cluster per item
     ds, planted = generate(replace(SMALL, n_clusters=1, max_clusters_per_item=1))
     assert planted.item_clusters.shape == (SMALL.n_items, 1) and (planted.item_clusters == 0).all()
+
+
+# ------------------------------------------------------------------- personal preset
+PERSONAL = SynthConfig.personal(10_000, seed=5)
+
+
+@pytest.fixture(scope="module")
+def personal():
+    return generate(PERSONAL)
+
+
+def test_personal_sizes(personal):
+    ds, planted = personal
+    cfg = PERSONAL
+    assert (cfg.n_items, cfg.n_users, cfg.n_interactions, cfg.n_clusters) == (10_000, 2_000, 100_000, 250)
+    assert (len(ds.val), len(ds.test)) == (200, 200)
+    assert planted.item_clusters.shape == (10_000, 1)
+    np.testing.assert_array_equal(np.bincount(planted.item_clusters[:, 0]), np.full(250, 40))
+    big = SynthConfig.personal(1_500_000)
+    sizes = (big.n_users, big.n_interactions, big.n_clusters, big.val_users)
+    assert sizes == (300_000, 15_000_000, 37_500, 1000)
+    assert SynthConfig.personal(1000, community_size=25).n_clusters == 40
+    # six distinct communities per user, no drift
+    slots = np.sort(planted.user_start, axis=1)
+    assert slots.shape == (2_000, 6) and (np.diff(slots, axis=1) > 0).all()
+    np.testing.assert_array_equal(planted.user_start, planted.user_end)
+
+
+def test_personal_deterministic(personal):
+    ds, planted = personal
+    ds2, planted2 = generate(PERSONAL)
+    for k, v in _arrays(ds).items():
+        np.testing.assert_array_equal(v, _arrays(ds2)[k], err_msg=k)
+    np.testing.assert_array_equal(planted.user_start, planted2.user_start)
+    _, planted3 = generate(replace(PERSONAL, seed=6))
+    assert not np.array_equal(planted.user_start, planted3.user_start)
+
+
+def test_item_prob_is_the_configured_zipf(personal, small):
+    for (_, planted), s in ((personal, PERSONAL.item_zipf), (small, SMALL.item_zipf)):
+        ic, prob = planted.item_clusters, planted.item_prob
+        assert ((prob > 0) == (ic >= 0)).all()
+        for c in (0, 7, planted.n_clusters - 1):  # members' masses, sorted: Zipf over their ranks
+            got = np.sort(prob[ic == c])[::-1]
+            np.testing.assert_allclose(got, _zipf(len(got), s))
+
+
+def _slopes(ds, planted) -> tuple[float, float]:
+    """Log-log slopes of interaction counts: by rank inside a community, and across communities."""
+    counts = np.bincount(ds.train.values, minlength=ds.n_items)
+    ic = planted.item_clusters[:, 0]
+    order = np.lexsort((-planted.item_prob[:, 0], ic))
+    sizes = np.bincount(ic)
+    rank = np.empty(len(ic), dtype=np.int64)
+    rank[order] = np.arange(len(ic)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+    by_rank = np.bincount(rank, weights=counts)  # (40,) summed over communities
+    by_community = np.bincount(ic, weights=counts)[np.argsort(-planted.cluster_prob, kind="stable")]
+
+    def slope(y):
+        return np.polyfit(np.log(np.arange(1, len(y) + 1)), np.log(y), 1)[0]
+
+    return slope(by_rank), slope(by_community)
+
+
+def test_personal_skew_as_configured():
+    steep = generate(replace(PERSONAL, item_zipf=1.0, cluster_zipf=0.3))
+    flat = generate(replace(PERSONAL, item_zipf=0.2, cluster_zipf=1.0))
+    inside_steep, across_steep = _slopes(*steep)
+    inside_flat, across_flat = _slopes(*flat)
+    # across communities the counts follow the configured exponent
+    assert abs(across_steep + 0.3) < 0.1 and abs(across_flat + 1.0) < 0.1, (across_steep, across_flat)
+    # inside, "no repeats" caps a user's draws of the top items, so the counts are flatter
+    # than the configured exponent (1.0 -> ~0.7), but still ordered by it
+    assert -1.0 < inside_steep < -0.6 and -0.2 < inside_flat < -0.1, (inside_steep, inside_flat)
+
+
+def test_top_list_spread_exact():
+    lists = np.array([[0, 1, 2], [0, 1, 3], [0, 4, -1]])
+    # by occurrence in the lists: 0 (3), 1 (2), then 2, 3, 4 once each; top 2 = {0, 1}
+    assert top_list_spread(lists, top=2) == {"distinct": 5, "share_in_most_common": 5 / 8}
+    counts = np.array([0, 0, 9, 8, 7])  # by training counts the top 2 are items 2 and 3
+    assert top_list_spread(lists, counts, top=2) == {"distinct": 5, "share_in_most_common": 2 / 8}
+    assert top_list_spread(lists, counts, top=5)["share_in_most_common"] == 1.0
+    assert top_list_spread(np.array([[0, 0], [0, 0]]), top=1) == {"distinct": 1, "share_in_most_common": 1.0}
+    assert top_list_spread(np.full((2, 3), -1)) == {"distinct": 0, "share_in_most_common": 0.0}
+
+
+def _affinity(planted: Planted, noise: float, users: np.ndarray) -> np.ndarray:
+    """(n, V) the planted affinity by its formula, over every item (the oracle of planted_top)."""
+    ic, prob = planted.item_clusters, planted.item_prob
+    glob = (np.where(ic >= 0, planted.cluster_prob[ic], 0.0) * prob).sum(axis=1)  # (V,)
+    aff = np.tile(noise * glob, (len(users), 1))
+    for i, u in enumerate(users):
+        for c, w in zip(planted.user_end[u], planted.user_weights[u], strict=True):
+            aff[i] += (1 - noise) * w * (prob * (ic == c)).sum(axis=1)
+    return aff
+
+
+@pytest.mark.parametrize("which", ["small", "personal"])
+def test_planted_top_matches_brute_force(which, small, personal):
+    (_, planted), cfg = (small, SMALL) if which == "small" else (personal, PERSONAL)
+    users = np.arange(0, 800, 37)
+    for k in (10, 200):
+        got = planted_top(planted, cfg.noise, k, users)
+        aff = _affinity(planted, cfg.noise, users)
+        want = np.argsort(-aff, axis=1, kind="stable")[:, :k]
+        np.testing.assert_array_equal(got, want)
+    assert planted_top(planted, cfg.noise, 5).shape == (cfg.n_users, 5)
+
+
+def test_planted_top_is_personal(personal, small):
+    ds, planted = personal
+    top = planted_top(planted, PERSONAL.noise, 200, ds.test.users)
+    spread = top_list_spread(top, ds.item_counts())
+    assert spread["share_in_most_common"] < 0.3 and spread["distinct"] > 5_000, spread
+    # the default generator (clusters of ~50 items, skewed, 3 slots) is far less personal
+    ds, planted = small
+    top = planted_top(planted, SMALL.noise, 200, ds.test.users)
+    assert top_list_spread(top, ds.item_counts())["share_in_most_common"] > 0.3

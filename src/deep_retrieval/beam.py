@@ -17,10 +17,32 @@ under ``torch.no_grad()``, after the weights are final) and passes them in.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 from .structure import StructureModel
+
+
+def topk(x: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``x.topk(k, dim=1)`` (values and indices, sorted descending), on the CPU by numpy's
+    ``argpartition`` (3.6x faster than torch's CPU topk for (512, 1250), k = 25)."""
+    if x.device.type != "cpu" or k >= x.shape[1]:
+        return x.topk(k, dim=1)
+    a = x.numpy()
+    part = np.argpartition(-a, k - 1, axis=1)[:, :k]  # (n, k) the k largest, unordered
+    vals = np.take_along_axis(a, part, 1)
+    order = np.argsort(-vals, axis=1, kind="stable")  # (n, k)
+    vals, idx = np.take_along_axis(vals, order, 1), np.take_along_axis(part, order, 1)
+    return torch.from_numpy(vals), torch.from_numpy(idx)
+
+
+def _head_logprobs(model: StructureModel, d: int, pre: Tensor) -> Tensor:
+    """``model.head_logprobs(d, pre)`` with its ReLUs in place on ``pre`` (no grad here)."""
+    for m in model.rest[d]:
+        pre = pre.relu_() if isinstance(m, nn.ReLU) else m(pre)
+    return F.log_softmax(pre, dim=-1)
 
 
 @torch.no_grad()
@@ -43,16 +65,16 @@ def beam_search(
 
     # layer 0: one distribution per user
     pre = model.user_part(0, u)  # (n, H)
-    logp0 = model.head_logprobs(0, pre)  # (n, K)
-    cum, node = logp0.topk(min(B, K), dim=1)  # (n, b), (n, b) sorted descending
+    logp0 = _head_logprobs(model, 0, pre)  # (n, K)
+    cum, node = topk(logp0, min(B, K))  # (n, b), (n, b) sorted descending
     paths = node.unsqueeze(2)  # (n, b, 1)
 
     for d in range(1, D):
         b = paths.shape[1]
-        pre = model.user_part(d, u).unsqueeze(1) + model.prefix_part(tables[d], paths)  # (n, b, H)
-        logp = model.head_logprobs(d, pre)  # (n, b, K)
-        score = (cum.unsqueeze(2) + logp).view(n, b * K)  # (n, b*K) cumulative
-        cum, idx = score.topk(min(B, b * K), dim=1)  # (n, b'), sorted descending
+        pre = model.prefix_part(tables[d], paths).add_(model.user_part(d, u).unsqueeze(1))  # (n, b, H)
+        logp = _head_logprobs(model, d, pre)  # (n, b, K)
+        score = logp.add_(cum.unsqueeze(2)).view(n, b * K)  # (n, b*K) cumulative
+        cum, idx = topk(score, min(B, b * K))  # (n, b'), sorted descending
         parent = torch.div(idx, K, rounding_mode="floor")  # (n, b') beam each came from
         node = idx - parent * K  # (n, b') node chosen at layer d
         prefix = paths.gather(1, parent.unsqueeze(2).expand(n, parent.shape[1], d))  # (n, b', d)

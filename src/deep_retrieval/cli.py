@@ -1,26 +1,47 @@
 """The `dr` command. Thin: it parses options and calls the library.
 
-Every user mistake (a DRError, or a click usage error) prints one line and exits 2.
+Every user mistake (a DRError, or a click usage error) prints one line `error: ...` and
+exits 2. Every command that writes checks its output target before any work
+(``artifacts.check_output``): it refuses a file, a directory that is not empty and not an
+artefact of the same kind, ``.`` or an input (or a directory holding one), and a place it
+cannot write; an artefact of the same kind is replaced only with ``--force``.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
-from .errors import DRError
+from .errors import DRError, InvalidInputError
 
 
-def _ints(text: str, what: str) -> list[int]:
+def _ints(text: str, what: str, minimum: int | None = None) -> list[int]:
     try:
         out = [int(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise DRError(f"{what} must be comma-separated integers, got {text!r}") from None
+        raise InvalidInputError(f"{what} must be comma-separated integers, got {text!r}") from None
     if not out:
-        raise DRError(f"{what} is empty")
+        raise InvalidInputError(f"{what} is empty")
+    if minimum is not None and min(out) < minimum:
+        raise InvalidInputError(f"{what} must be >= {minimum}, got {min(out)}")
     return out
+
+
+def _check_out(path, kind: str, force: bool, inputs=()) -> None:
+    """Refuse a bad output target before any work (see ``artifacts.check_output``), after
+    removing the leftovers of a killed run on it."""
+    from .artifacts import check_output, clean_leftovers
+
+    clean_leftovers(path)
+    check_output(path, kind, replace=force, inputs=inputs)
+
+
+def _force_option(what: str):
+    return click.option("--force", is_flag=True, help=f"Replace an existing {what} at the output path "
+                        "(anything else there is never replaced).")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -37,6 +58,7 @@ def cli() -> None:
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True)
 @click.option("--out", required=True, help="Output data set directory (written atomically).")
+@_force_option("prepared data set")
 @click.option("--format", "fmt", default="auto", show_default=True,
               help="auto, ml-100k, ml-dat, ml-csv, csv, parquet, kgat or lastfm.")
 @click.option("--protocol", default="user-split", show_default=True,
@@ -48,40 +70,64 @@ def cli() -> None:
 @click.option("--sep", default=None, help="Field separator (csv); sniffed when absent.")
 @click.option("--min-rating", type=float, default=None,
               help="Keep rating >= this [default: 4.0 where ratings exist].")
-@click.option("--min-user-interactions", type=int, default=10, show_default=True)
-@click.option("--val-users", type=int, default=1000, show_default=True)
-@click.option("--test-users", type=int, default=1000, show_default=True)
+@click.option("--min-user-interactions", type=int, default=10, show_default=True,
+              help="user-split: keep users with at least this many interactions (after the rating filter).")
+@click.option("--val-users", type=int, default=None,
+              help="Validation users [default: min(1000, 10% of eligible users)].")
+@click.option("--test-users", type=int, default=None,
+              help="user-split: test users [default: min(1000, 10% of eligible users)].")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="given-split: share of a validation user's training items held out.")
-@click.option("--max-seq-len", type=int, default=69, show_default=True)
-@click.option("--seed", type=int, default=0, show_default=True)
-def prepare(inputs, out, fmt, protocol, **kw) -> None:
-    """Read interaction logs and write a prepared data set directory."""
+@click.option("--max-seq-len", type=int, default=69, show_default=True,
+              help="Longest history a training example feeds the model (recorded for training).")
+@click.option("--keep-duplicates", is_flag=True,
+              help="user-split: keep a repeated (user, item) pair as repeat events [default: keep its "
+                   "first occurrence in time order].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation user draw.")
+def prepare(inputs, out, force, fmt, protocol, **kw) -> None:
+    """Read interaction logs and write a prepared data set directory.
+
+    Rows with a missing or NaN field are dropped and duplicate (user, item) rows collapsed;
+    both counts are printed and kept in the manifest.
+    """
     from .data.prepare import prepare as run
 
+    _check_out(out, "dataset", force, inputs)
     run(list(inputs), out, fmt=fmt, protocol=protocol, log=click.echo, **kw)
 
 
 # ---------------------------------------------------------------------------- synth
 @cli.command()
-@click.option("--out", required=True, help="Output data set directory.")
-@click.option("--preset", type=click.Choice(["demo", "default", "large"]), default="default",
-              show_default=True, help="demo: 5k items; default: 100k; large: 1.5M items.")
-@click.option("--items", "n_items", type=int, default=None)
-@click.option("--users", "n_users", type=int, default=None)
-@click.option("--interactions", "n_interactions", type=int, default=None)
+@click.option("--out", required=True, help="Output data set directory (written atomically).")
+@_force_option("synthetic data set")
+@click.option("--preset", type=click.Choice(["demo", "default", "large", "personal"]), default="default",
+              show_default=True,
+              help="demo: 5k items; default: 100k; large: 1.5M items; personal: --items (default 100k) "
+                   "in communities of 40, users drawn to 6 of them (sizes scale with --items).")
+@click.option("--items", "n_items", type=int, default=None, help="Number of items (preset's by default).")
+@click.option("--users", "n_users", type=int, default=None, help="Number of users (preset's by default).")
+@click.option("--interactions", "n_interactions", type=int, default=None,
+              help="Total interactions to draw (preset's by default).")
 @click.option("--clusters", "n_clusters", type=int, default=None, help="0 = auto (V/50).")
-@click.option("--val-users", type=int, default=None)
-@click.option("--test-users", type=int, default=None)
-@click.option("--seed", type=int, default=0, show_default=True)
-def synth(out, preset, seed, **kw) -> None:
+@click.option("--item-zipf", type=float, default=None,
+              help="Popularity skew inside a cluster (Zipf exponent; preset's value by default).")
+@click.option("--cluster-zipf", type=float, default=None,
+              help="Popularity skew across clusters (Zipf exponent; preset's value by default).")
+@click.option("--val-users", type=int, default=None, help="Validation users (preset's by default).")
+@click.option("--test-users", type=int, default=None, help="Test users (preset's by default).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the generator.")
+def synth(out, force, preset, seed, **kw) -> None:
     """Generate synthetic interactions with planted clusters (and write the planted truth)."""
     from dataclasses import replace
 
     from .data.synth import SynthConfig
     from .data.synth import synth as run
 
-    base = {"demo": SynthConfig.demo, "large": SynthConfig.large}.get(preset, SynthConfig)(seed=seed)
+    _check_out(out, "synth", force)
+    if preset == "personal":  # its sizes follow the number of items
+        base = SynthConfig.personal(kw.pop("n_items") or 100_000, seed=seed)
+    else:
+        base = {"demo": SynthConfig.demo, "large": SynthConfig.large}.get(preset, SynthConfig)(seed=seed)
     cfg = replace(base, **{k: v for k, v in kw.items() if v is not None})
     run(out, cfg, log=click.echo)
 
@@ -94,33 +140,121 @@ def synth(out, preset, seed, **kw) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.KEY=VALUE",
               help="Override one config value, e.g. --set structure.K=100 (repeatable).")
 @click.option("--out", required=True, help="Model directory (written atomically).")
-def train(data, config, overrides, out) -> None:
+@_force_option("model")
+@click.option("--device", default=None,
+              help="auto, cpu, cuda or cuda:N: where the E-step, the M-step's score collection and "
+                   "validation run [default: the config's train.device, auto = a GPU if torch sees one].")
+@click.option("--checkpoint-every", "checkpoint_every", type=click.FloatRange(min=0), default=10.0,
+              show_default=True,
+              help="Minutes between checkpoints of the whole training state, written atomically to "
+                   "OUT.ckpt (removed once the model is saved); 0 = no checkpoints.")
+@click.option("--resume", is_flag=True,
+              help="Continue the run whose checkpoint is OUT.ckpt (same DATA; its config is used, so "
+                   "--config/--set are refused); ends with the model the uninterrupted run would have.")
+def train(data, config, overrides, out, force, device, checkpoint_every, resume) -> None:
     """Train Deep Retrieval on a prepared data set.
 
     Data parallel on several processes or machines: `torchrun --nproc_per_node N -m
-    deep_retrieval.cli train ...` (gloo backend; rank 0 writes the model).
+    deep_retrieval.cli train ...` (gloo on CPUs, NCCL on GPUs; rank 0 writes the model and
+    the checkpoints, every rank resumes from them).
     """
     import os
 
+    import torch
     import torch.distributed as dist
 
     from .config import load_config
     from .data.dataset import Dataset
+    from .errors import DRError
     from .model import DeepRetrieval
+    from .state import Checkpointer, checkpoint_path, data_fingerprint, resolve_device
 
-    cfg = load_config(config, overrides)
+    _check_out(out, "model", force, [data])
+    ckpt = checkpoint_path(out)
+    if resume and (config is not None or overrides):
+        raise DRError("--resume continues a run with the config saved in its checkpoint: "
+                      "drop --config/--set")
+    if resume and not ckpt.is_file():
+        raise DRError(f"--resume: no checkpoint at {ckpt}")
+    if not resume and ckpt.exists() and not force:
+        raise DRError(f"a checkpoint of an unfinished run is at {ckpt}: continue it with --resume, "
+                      "or start afresh with --force (which overwrites it)")
+    cfg = None if resume else load_config(config, overrides)
+    if device is not None:
+        resolve_device(device)  # a bad name or a missing GPU is refused before any work
     ds = Dataset.load(data)
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
-        dist.init_process_group("gloo")
+        dev = resolve_device(device or (cfg.train.device if cfg else "auto"))
+        if dev.type == "cuda":  # one GPU per process, NCCL between them
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
     try:
-        model = DeepRetrieval(cfg).fit(ds, log=click.echo)
+        checkpoint = (Checkpointer(ckpt, data_fingerprint(ds), minutes=checkpoint_every)
+                      if checkpoint_every > 0 else None)
+        model = DeepRetrieval(cfg).fit(ds, log=click.echo, checkpoint=checkpoint,
+                                       resume=ckpt if resume else None, device=device)
         if not distributed or dist.get_rank() == 0:
             model.save(out)
             click.echo(f"saved model to {out}")
+            if ckpt.exists():  # the run is complete: its checkpoint (ours) is no longer needed
+                ckpt.unlink()
     finally:
         if distributed:
             dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- update
+@cli.command()
+@click.argument("model_dir")
+@click.argument("new_log")
+@click.option("--out", required=True, help="Updated model directory (written atomically; may be MODEL_DIR "
+                                           "itself with --force).")
+@_force_option("model")
+@click.option("--format", "fmt", default="auto", show_default=True,
+              help="NEW_LOG's format, as for `dr prepare` (auto, ml-100k, ml-dat, ml-csv, csv, parquet...).")
+@click.option("--user-col", default=None, help="User column (csv/parquet).")
+@click.option("--item-col", default=None, help="Item column (csv/parquet).")
+@click.option("--time-col", default=None, help="Timestamp column (csv/parquet); orders each user's rows.")
+@click.option("--rating-col", default=None, help="Rating column (csv/parquet).")
+@click.option("--sep", default=None, help="Field separator (csv); sniffed when absent.")
+@click.option("--min-rating", type=float, default=None,
+              help="Keep rows with rating >= this (default: keep every row).")
+@click.option("--epochs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Joint epochs over the new rows, each ending with an M-step.")
+@click.option("--device", default=None, help="auto, cpu, cuda or cuda:N (default: the model's train.device).")
+def update(model_dir, new_log, out, force, fmt, user_col, item_col, time_col, rating_col, sep, min_rating,
+           epochs, device) -> None:
+    """Continue a trained model on new interactions (original ids), without retraining.
+
+    New items get embedding rows and paths (placed by the M-step with the size penalty); old
+    items keep theirs, their path scores decayed by eta; new users need nothing.
+    """
+    import numpy as np
+
+    from .data.readers import read
+    from .model import DeepRetrieval
+    from .state import resolve_device
+
+    _check_out(out, "model", force, [new_log])
+    if device is not None:
+        resolve_device(device)
+    inter = read(new_log, fmt, user_col=user_col, item_col=item_col, time_col=time_col,
+                 rating_col=rating_col, sep=sep)
+    keep = np.ones(len(inter), dtype=bool)
+    if min_rating is not None and inter.rating is not None:
+        keep = inter.rating >= min_rating
+    model = DeepRetrieval.load(model_dir)
+    if device is not None:
+        model.config.train.device = device
+    V = model.n_items
+    times = None if inter.time is None else inter.time[keep]
+    model.partial_fit(inter.user[keep], inter.item[keep], times, epochs=epochs, log=click.echo)
+    model.save(out)
+    click.echo(f"updated with {int(keep.sum()):,} interactions ({model.n_items - V:,} new items); "
+               f"saved model to {out}")
 
 
 @cli.command()
@@ -138,20 +272,26 @@ def configs() -> None:
 @cli.command()
 @click.argument("data")
 @click.option("--methods", required=True,
-              help="Comma-separated: popularity, item-cf, and trained model directories "
+              help="Comma-separated: popularity, item-cf, rp3beta, ease, als (the `als` extra), "
+                   "each optionally with parameters, e.g. rp3beta:alpha=0.8,beta=0.3,neighbours=200 "
+                   "or item-cf:neighbours=500,shrink=10; and trained model directories "
                    "(each adds rows dr, brute-force and, with faiss, hnsw).")
 @click.option("--k", "ks", default="10", show_default=True, help="Cut-offs M, e.g. 10,200.")
 @click.option("--split", default="test", show_default=True, help="test or val.")
 @click.option("--exclude-history", is_flag=True, help="Never recommend a user's history items.")
-@click.option("--json", "json_out", default=None, help="Write the results JSON here.")
-def evaluate(data, methods, ks, split, exclude_history, json_out) -> None:
+@click.option("--json", "json_out", default=None, help="Write the results JSON here (a file path).")
+@_force_option("results JSON")
+def evaluate(data, methods, ks, split, exclude_history, json_out, force) -> None:
     """Evaluate models and baselines on a prepared data set's test or validation users."""
     from .artifacts import atomic_write_json
     from .data.dataset import Dataset
     from .evaluate import build_methods, format_table
     from .evaluate import evaluate as run
 
-    ks_ = _ints(ks, "--k")
+    ks_ = _ints(ks, "--k", minimum=1)
+    if json_out:
+        model_dirs = [m for m in methods.split(",") if Path(m).exists()]
+        _check_out(json_out, "results-json", force, [data, *model_dirs])
     ds = Dataset.load(data)
     recs = build_methods([m.strip() for m in methods.split(",") if m.strip()], ds)
     result = run(ds, recs, ks_, split=split, exclude_history=exclude_history)
@@ -165,11 +305,13 @@ def evaluate(data, methods, ks, split, exclude_history, json_out) -> None:
 # ---------------------------------------------------------------------------- retrieve
 @cli.command()
 @click.argument("model_dir")
-@click.option("--history", required=True, help="Comma-separated item ids, oldest first.")
-@click.option("--k", type=int, default=10, show_default=True)
-@click.option("--beam", "B", type=int, default=None, help="Beam size B (default: the model's).")
+@click.option("--history", required=True,
+              help="Comma-separated item ids, oldest first ('' = no history: the model's fallback).")
+@click.option("--k", type=click.IntRange(min=1), default=10, show_default=True, help="Items to return.")
+@click.option("--beam", "B", type=click.IntRange(min=1), default=None,
+              help="Beam size B (default: the model's).")
 @click.option("--dense", is_flag=True, help="Ids are dense indices, not the data set's original ids.")
-@click.option("--exclude-history", is_flag=True)
+@click.option("--exclude-history", is_flag=True, help="Never return an item of the history.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def retrieve(model_dir, history, k, B, dense, exclude_history, as_json) -> None:
     """Retrieve the top-k items for one behaviour history."""
@@ -177,15 +319,22 @@ def retrieve(model_dir, history, k, B, dense, exclude_history, as_json) -> None:
 
     model = DeepRetrieval.load(model_dir)
     raw = [x.strip() for x in history.split(",") if x.strip()]
-    hist = _ints(history, "--history") if dense else model.dense_ids(raw)
+    if not raw:
+        hist = []
+    else:
+        hist = _ints(history, "--history") if dense else model.dense_ids(raw)
+    fallback = len(hist) == 0  # no history: what the model returns for a user it knows nothing about
     ids, scores = model.recommend([hist], k, exclude_history=exclude_history, B=B)
     keep = ids[0] >= 0
     out_ids = ids[0][keep] if dense else model.item_ids[ids[0][keep]]
     rows = [{"item": x.item() if hasattr(x, "item") else x, "score": float(s)}
             for x, s in zip(out_ids, scores[0][keep], strict=True)]
     if as_json:
-        click.echo(json.dumps({"items": rows, "candidates": int(model.last_items_scored[0])}))
+        click.echo(json.dumps({"items": rows, "candidates": int(model.last_items_scored[0]),
+                               "fallback": fallback}))
     else:
+        if fallback:
+            click.echo("(empty history: these are the model's fallback items for a user without history)")
         for r, row in enumerate(rows, 1):
             click.echo(f"{r:4d}  {row['item']!s:>12}  {row['score']:.4f}")
         click.echo(f"({int(model.last_items_scored[0])} candidates scored)")
@@ -194,21 +343,31 @@ def retrieve(model_dir, history, k, B, dense, exclude_history, as_json) -> None:
 # ---------------------------------------------------------------------------- serve
 @cli.command()
 @click.argument("model_dir")
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
-def serve(model_dir, host, port) -> None:
-    """Serve a trained model over HTTP (POST /recommend, GET /health)."""
-    from .model import DeepRetrieval
-    from .serve import make_server
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--workers", type=int, default=1, show_default=True,
+              help="Processes (each loads the model; /admin/reload reaches one, SIGHUP all).")
+@click.option("--threads", type=int, default=4, show_default=True, help="Inference threads per process.")
+@click.option("--max-histories", type=int, default=256, show_default=True, help="Histories per request.")
+@click.option("--max-history-len", type=int, default=1000, show_default=True, help="Ids per history.")
+@click.option("--max-k", type=int, default=1000, show_default=True, help="Largest k a request may ask.")
+@click.option("--max-beam", type=int, default=1000, show_default=True, help="Largest beam a request may ask.")
+@click.option("--max-filter", type=int, default=100_000, show_default=True,
+              help="Ids in 'exclude' or 'allow'.")
+@click.option("--max-body", type=int, default=1 << 20, show_default=True, help="Request body bytes.")
+@click.option("--max-queue", type=int, default=256, show_default=True,
+              help="Requests in flight before 503.")
+@click.option("--timeout", type=float, default=10.0, show_default=True, help="Seconds per request (504).")
+def serve(model_dir, host, port, workers, threads, **caps) -> None:
+    """Serve a trained model over HTTP: POST /recommend, GET /health, POST /admin/reload.
 
-    server = make_server(DeepRetrieval.load(model_dir), host, port)
-    click.echo(f"serving {model_dir} on http://{host}:{server.server_port} (Ctrl-C to stop)")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
+    FastAPI + uvicorn (the `serve` extra). The schema is at /openapi.json; every error is
+    JSON {"error": "..."}. SIGHUP reloads the model directory; SIGTERM finishes the
+    requests in flight, then exits.
+    """
+    from .serve import Limits, run
+
+    run(model_dir, host, port, Limits(threads=threads, **caps), workers=workers, log=click.echo)
 
 
 # ---------------------------------------------------------------------------- experiment
@@ -219,9 +378,10 @@ def serve(model_dir, host, port) -> None:
 @click.option("--results", default="results", show_default=True,
               help="Writes RESULTS/<name>/results.json and table.md.")
 @click.option("--seeds", default=None, help="Comma-separated seeds, replacing the file's list.")
+@_force_option("result of this experiment")
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.KEY=VALUE",
               help="Extra DR config override, after the file's dr_set (repeatable).")
-def experiment(experiment_file, data_root, results, seeds, overrides) -> None:
+def experiment(experiment_file, data_root, results, seeds, overrides, force) -> None:
     """Prepare a data set, train DR and its YouTube-DNN twin per seed, evaluate against the
     baselines, and write results.json + table.md (mean ± std over the seeds).
 
@@ -230,6 +390,8 @@ def experiment(experiment_file, data_root, results, seeds, overrides) -> None:
     from .experiment import ExperimentConfig, run
 
     exp = ExperimentConfig.from_toml(experiment_file)
+    _check_out(Path(results) / exp.name, "experiment", force,
+               [experiment_file, *(Path(data_root) / p for p in exp.data.inputs)])
     if seeds is not None:
         exp.seeds = tuple(_ints(seeds, "--seeds"))
     exp.dr_set = (*exp.dr_set, *overrides)
@@ -239,26 +401,43 @@ def experiment(experiment_file, data_root, results, seeds, overrides) -> None:
 # ---------------------------------------------------------------------------- demo
 @cli.command()
 @click.option("--out", default="demo-output", show_default=True, help="Where the report goes.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@_force_option("dr demo output")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the data and the training.")
 @click.option("--quick", is_flag=True, help="A smaller, faster run (for smoke tests).")
-def demo(out, seed, quick) -> None:
+def demo(out, force, seed, quick) -> None:
     """Generate synthetic data, train DR, evaluate it against baselines, write a report."""
     from .demo import run_demo
 
+    _check_out(out, "demo", force)
     run_demo(out, seed=seed, quick=quick, log=click.echo)
 
 
+_NO_ARGS = getattr(click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run `dr`; a DRError or a usage mistake prints one line `error: ...` and returns 2."""
     try:
         cli.main(args=argv, prog_name="dr", standalone_mode=False)
     except DRError as e:
-        click.echo(f"error: {e}", err=True)
+        click.echo(f"error: {_one_line(e)}", err=True)
         return 2
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 1
+    except _NO_ARGS as e:  # plain `dr`: the help, not a mistake
+        click.echo(e.format_message())
+        return 0
+    except click.UsageError as e:  # one line instead of click's usage block
+        where = f" (see '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        click.echo(f"error: {_one_line(e.format_message())}{where}", err=True)
+        return 2
     except click.ClickException as e:
-        e.show()
+        click.echo(f"error: {_one_line(e.format_message())}", err=True)
         return 2
     except click.exceptions.Exit as e:
         return e.exit_code

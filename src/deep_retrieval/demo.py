@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import atomic_write_json, atomic_write_text
+from .artifacts import atomic_write_json, atomic_write_text, check_output
 from .baselines import ItemCF, Popularity
 from .config import Config
 from .data.synth import SynthConfig, cluster_purity, generate
@@ -25,7 +25,7 @@ KS = [10, 50]
 
 
 def run_demo(out, seed: int = 0, quick: bool = False, log=print) -> dict:
-    out = Path(out)
+    out = check_output(out, "demo")  # absent, empty or a demo output: nothing else is written into
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     scfg = SynthConfig.demo(seed=seed)

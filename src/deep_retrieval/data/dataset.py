@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ..artifacts import atomic_dir, read_json
-from ..errors import DRError
+from ..errors import DRError, InvalidInputError
 
 FORMAT_VERSION = 1
 
@@ -96,10 +96,29 @@ def unique_sorted(x) -> np.ndarray:
 
 
 def as_ragged(histories) -> Ragged:
-    """Accept a Ragged or any sequence of int sequences (the recommender contract's input)."""
+    """Accept a Ragged or a sequence of int sequences, one per user (the recommender contract's input).
+
+    Ids must be integers (Python or numpy ints): a float (even 1.0), a bool or a str is an
+    ``InvalidInputError``, and so is a flat list ``[1, 2, 3]`` (wrap one history as
+    ``[[1, 2, 3]]``). Whether each id is in range is checked by the recommender.
+    """
     if isinstance(histories, Ragged):
         return histories
-    return Ragged.from_lists(histories)
+    shape = "histories must be a list of lists (one list of item ids per user)"
+    if isinstance(histories, str | bytes | dict) or not hasattr(histories, "__iter__"):
+        raise InvalidInputError(f"{shape}, got {type(histories).__name__}")
+    rows = []
+    for r in histories:
+        a = np.asarray(r)
+        if a.ndim != 1:
+            what = f"a flat list of ids (e.g. {r!r})" if a.ndim == 0 else f"a {a.ndim}-d array"
+            hint = "; wrap one history as [[1, 2, 3]]" if a.ndim == 0 else ""
+            raise InvalidInputError(f"{shape}, got {what}{hint}")
+        if a.dtype.kind not in "iu" and len(a):
+            bad = next((x for x in r if isinstance(x, bool) or not isinstance(x, int | np.integer)), a[0])
+            raise InvalidInputError(f"item ids must be integers, got {type(bad).__name__} {bad!r}")
+        rows.append(a)
+    return Ragged.from_lists(rows)
 
 
 def pad_histories(
@@ -235,7 +254,7 @@ class Dataset:
                 "test_users": len(self.test),
             }
         )
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, "dataset") as tmp:
             np.savez(tmp / "arrays.npz", **arrays)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         self.manifest = manifest

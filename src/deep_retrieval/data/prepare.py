@@ -1,9 +1,11 @@
 """``prepare``: read interaction file(s), apply a split protocol, save a ``Dataset``.
 
 The manifest records the source files (absolute path, size, sha256), the format and why
-it was chosen, the protocol and every parameter, the behaviour order, and the counts
-after each step. The output directory is written atomically: on any error nothing is
-left at ``out``.
+it was chosen, the protocol and every parameter (validation / test users as resolved),
+the behaviour order, and the counts after each step (rows read, rows dropped for a
+missing or NaN field, duplicates removed, ...). ``out`` is checked before anything is
+read (``artifacts.check_output``: absent, empty or a prepared data set, not an input nor
+a directory holding one) and written atomically: on any error nothing is left at ``out``.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import DRError
+from ..artifacts import check_output
+from ..errors import DRError, InvalidInputError
 from .dataset import Dataset
 from .protocols import given_split, user_split
 from .readers import FORMATS, detect_format, read
@@ -47,10 +50,11 @@ def prepare(
     sep: str | None = None,
     min_rating: float | None = None,
     min_user_interactions: int = 10,
-    val_users: int = 1000,
-    test_users: int = 1000,
+    val_users: int | None = None,
+    test_users: int | None = None,
     val_fraction: float = 0.2,
     max_seq_len: int = 69,
+    keep_duplicates: bool = False,
     seed: int = 0,
     log: Callable[[str], object] = print,
 ) -> Dataset:
@@ -60,13 +64,17 @@ def prepare(
     ``fmt``: ``auto`` or one of ``readers.FORMATS``. ``max_seq_len`` is recorded for
     training (histories are stored whole). ``given-split`` applies no rating or user
     filter and tests every user with a test item, so ``min_rating`` must be None there and
-    ``min_user_interactions``/``test_users`` are not used. ``log`` receives short lines.
+    ``min_user_interactions``/``test_users`` are not used. ``val_users``/``test_users``
+    None: min(1000, 10% of the eligible users). Repeated (user, item) pairs are collapsed
+    to their first occurrence in time order unless ``keep_duplicates`` (user-split only:
+    they are then repeat events). Rows with a missing or NaN field are dropped and counted.
+    ``log`` receives short lines.
     """
     paths = [Path(inputs)] if isinstance(inputs, str | os.PathLike) else [Path(p) for p in inputs]
     if protocol not in PROTOCOLS:
-        raise DRError(f"unknown protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
+        raise InvalidInputError(f"unknown protocol {protocol!r}: use one of {', '.join(PROTOCOLS)}")
     if fmt != "auto" and fmt not in FORMATS:
-        raise DRError(f"unknown format {fmt!r}: use auto or one of {', '.join(FORMATS)}")
+        raise InvalidInputError(f"unknown format {fmt!r}: use auto or one of {', '.join(FORMATS)}")
     want = 1 if protocol == "user-split" else 2
     if len(paths) != want:
         need = "one input file" if want == 1 else "exactly two input files (train, test)"
@@ -75,9 +83,12 @@ def prepare(
         raise DRError(f"max_seq_len must be >= 1 (got {max_seq_len})")
     if protocol == "given-split" and min_rating is not None:
         raise DRError("given-split applies no rating filter: do not give min_rating")
-    out = Path(out)
-    if any(out.resolve() == p.resolve() for p in paths):
-        raise DRError(f"output {out} is one of the input files")
+    if protocol == "given-split" and keep_duplicates:
+        raise DRError(
+            "keep_duplicates applies to user-split only: given-split's files have no time, "
+            "so a repeated (user, item) pair is not a repeat event"
+        )
+    out = check_output(out, "dataset", inputs=paths)
 
     if fmt == "auto":
         fmt, reason = detect_format(paths)
@@ -90,6 +101,8 @@ def prepare(
     parts = [read(p, fmt, **cols) for p in paths]
     for p, inter in zip(paths, parts, strict=True):
         log(f"read {len(inter):,} rows from {p.name}: {inter.source}")
+        if inter.dropped_missing:
+            log(f"dropped {inter.dropped_missing:,} rows of {p.name} with a missing or NaN field")
 
     if protocol == "user-split":
         ds, counts = user_split(
@@ -98,25 +111,32 @@ def prepare(
             min_user_interactions=min_user_interactions,
             val_users=val_users,
             test_users=test_users,
+            keep_duplicates=keep_duplicates,
             seed=seed,
         )
         prot = ds.manifest["protocol"]
         log(
             f"rating filter {prot['rating_filter']}: {counts['after_rating_filter']:,} rows; "
+            f"duplicates removed: {counts['duplicates_removed']:,}; "
             f"users with >= {min_user_interactions}: {counts['users']:,} users, "
             f"{counts['after_user_filter']:,} rows"
         )
         params = dict(
             min_rating=min_rating,
             min_user_interactions=min_user_interactions,
-            val_users=val_users,
-            test_users=test_users,
+            val_users=counts["val_users"],
+            test_users=counts["test_users"],
+            keep_duplicates=keep_duplicates,
         )
     else:
         ds, counts = given_split(
             parts[0], parts[1], val_users=val_users, val_fraction=val_fraction, seed=seed
         )
-        params = dict(val_users=val_users, val_fraction=val_fraction)
+        params = dict(val_users=counts["val_users"], val_fraction=val_fraction)
+        dups = counts["train_duplicates_removed"] + counts["test_duplicates_removed"]
+        if dups:
+            log(f"duplicates removed: {counts['train_duplicates_removed']:,} train rows, "
+                f"{counts['test_duplicates_removed']:,} test rows")
         if counts["test_users_without_history"]:
             log(f"note: {counts['test_users_without_history']:,} test users have no training item")
     params.update(max_seq_len=max_seq_len, seed=seed, **{k: v for k, v in cols.items()})
@@ -133,7 +153,10 @@ def prepare(
         "format_reason": reason,
         "reader": [inter.source for inter in parts],
         "protocol": ds.manifest["protocol"],
-        "parameters": {"protocol": protocol, "format": fmt, **params},
+        "parameters": {
+            "protocol": protocol, "format": fmt, **params,
+            "val_users_given": val_users, "test_users_given": test_users,
+        },
         "order": parts[0].order_note + "; " + ds.manifest["protocol"]["order"],
         "counts": counts,
     }

@@ -6,7 +6,11 @@
                 held out of the training rows.
 
 Both return ``(Dataset, counts)``; ``Dataset.manifest["protocol"]`` describes what was
-done (filters, ordering, how validation was drawn) and ``counts`` holds the numbers.
+done (filters, duplicates, ordering, how validation was drawn) and ``counts`` holds the
+numbers: rows read, rows dropped for a missing field, duplicates removed, users and items
+after each step, and the split sizes. Validation / test user counts left as None default
+to ``default_eval_users(n) = min(1000, n // 10)`` of the n eligible users (at least 1 test
+user); the resolved numbers are in ``counts``.
 """
 
 from __future__ import annotations
@@ -41,6 +45,30 @@ def _factorize(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return uniq, inv.reshape(-1).astype(np.int64, copy=False)
 
 
+def default_eval_users(n_eligible: int) -> int:
+    """min(1000, 10% of the eligible users): the validation / test users when not given."""
+    return min(1000, n_eligible // 10)
+
+
+def _first_occurrences(users: np.ndarray, items: np.ndarray, times: np.ndarray | None) -> np.ndarray:
+    """Sorted row positions of the first occurrence of each (user, item) pair in time order
+    (stable: file order breaks ties; without times, file order)."""
+    _, u = _factorize(users)
+    _, i = _factorize(items)
+    key = u * (int(i.max(initial=0)) + 1) + i  # (n,) one int64 per pair
+    order = np.arange(len(key)) if times is None else np.argsort(times, kind="stable")
+    k = key[order]
+    o2 = np.argsort(k, kind="stable")  # equal keys keep time order
+    ks = k[o2]
+    return np.sort(order[o2[np.r_[True, ks[1:] != ks[:-1]]]])
+
+
+def _dedupe(inter: Interactions, rows: np.ndarray) -> np.ndarray:
+    """``rows`` (positions in ``inter``) without repeated (user, item) pairs: first in time order."""
+    times = None if inter.time is None else inter.time[rows]
+    return rows[_first_occurrences(inter.user[rows], inter.item[rows], times)]
+
+
 def _grouped(users: np.ndarray, items: np.ndarray, n_users: int, keys=None):
     """Sort interactions by user (then by ``keys``), stably: file order breaks ties.
 
@@ -70,17 +98,21 @@ def user_split(
     *,
     min_rating: float | None = None,
     min_user_interactions: int = 10,
-    val_users: int = 1000,
-    test_users: int = 1000,
+    val_users: int | None = None,
+    test_users: int | None = None,
+    keep_duplicates: bool = False,
     seed: int = 0,
 ) -> tuple[Dataset, dict]:
     """The paper's protocol (TDM/JTM): filter, draw evaluation users, split their sequences.
 
     1. keep ``rating >= min_rating`` (None: 4.0 when the data has ratings, no filter when not);
+       then, unless ``keep_duplicates``, keep only the first kept occurrence in time order of
+       each (user, item) pair (with it, repeats stay as repeat events);
     2. keep users with ``>= min_user_interactions`` kept interactions;
     3. dense ids: remaining items (and users) sorted by original id;
-    4. ``val_users`` and ``test_users`` disjoint random users (``default_rng(seed)``);
-       all others are training users, one training row each;
+    4. ``val_users`` and ``test_users`` disjoint random users (``default_rng(seed)``; None:
+       ``default_eval_users`` of the users left, at least 1 test user); all others are
+       training users, one training row each;
     5. every user's behaviours sorted by time (stable: file order breaks ties; without a
        time column file order is kept); an evaluation user's first floor(n/2) behaviours
        are the history, the rest the ground truth.
@@ -90,9 +122,12 @@ def user_split(
             f"min_user_interactions must be >= 2 so every evaluation user has a history and a "
             f"ground truth (got {min_user_interactions})"
         )
-    if val_users < 0 or test_users < 1:
+    if (val_users is not None and val_users < 0) or (test_users is not None and test_users < 1):
         raise DRError(f"need val_users >= 0 and test_users >= 1 (got {val_users}, {test_users})")
-    counts: dict = {"rows_read": len(inter)}
+    counts: dict = {
+        "rows_read": len(inter) + inter.dropped_missing,
+        "rows_dropped_missing_field": inter.dropped_missing,
+    }
     protocol: dict = {"name": "user-split"}
 
     # 1. rating filter
@@ -113,6 +148,18 @@ def user_split(
             f"no interaction left after the filter {protocol['rating_filter']} "
             f"({len(inter)} rows read)"
         )
+    if keep_duplicates:
+        counts["duplicates_removed"] = 0
+        protocol["duplicates"] = "kept: a repeated (user, item) pair is a repeat event"
+    else:
+        rows = _dedupe(inter, np.flatnonzero(keep))
+        counts["duplicates_removed"] = int(keep.sum()) - len(rows)
+        keep = np.zeros(len(inter), dtype=bool)
+        keep[rows] = True
+        protocol["duplicates"] = (
+            "collapsed: each (user, item) pair kept once, its first kept occurrence in time order"
+        )
+    counts["after_duplicates"] = int(keep.sum())
 
     # 2. user filter
     u_orig, u_inv = _factorize(inter.user[keep])
@@ -136,6 +183,13 @@ def user_split(
     counts["users"], counts["items"] = n_users, len(item_ids)
 
     # 4. evaluation users
+    rule = f"min(1000, 10% of the {n_users} eligible users)"
+    how = {
+        "val": "given" if val_users is not None else "default " + rule,
+        "test": "given" if test_users is not None else "default " + rule + ", at least 1",
+    }
+    val_users = default_eval_users(n_users) if val_users is None else val_users
+    test_users = max(1, default_eval_users(n_users)) if test_users is None else test_users
     if n_users < val_users + test_users + 1:
         raise DRError(
             f"only {n_users} users remain after the filters, but val_users {val_users} + "
@@ -147,8 +201,8 @@ def user_split(
     test_u = np.sort(perm[val_users : val_users + test_users])
     train_u = np.sort(perm[val_users + test_users :])
     protocol["evaluation_users"] = (
-        f"{val_users} validation and {test_users} test users drawn without replacement by "
-        f"numpy default_rng({seed}).permutation; all other users train"
+        f"{val_users} validation ({how['val']}) and {test_users} test users ({how['test']}) drawn "
+        f"without replacement by numpy default_rng({seed}).permutation; all other users train"
     )
 
     # 5. time order and the half split
@@ -202,30 +256,44 @@ def given_split(
     train_inter: Interactions,
     test_inter: Interactions,
     *,
-    val_users: int = 1000,
+    val_users: int | None = None,
     val_fraction: float = 0.2,
     seed: int = 0,
 ) -> tuple[Dataset, dict]:
     """Fixed train/test files (KGAT/LightGCN style); no filter is applied.
 
-    Dense user and item ids cover the union of both files (sorted by original id).
+    Within each file a repeated (user, item) pair is kept once (the first, in file order):
+    without time there is no repeat event. Dense user and item ids cover the union of both
+    files (sorted by original id).
     Test split: every user with >= 1 test item; history = all the user's training items
     in file order, truth = the test items. Validation: ``val_users`` random users with
-    >= 5 training items (``default_rng(seed)``); for each, a random ``val_fraction`` of the
-    training items (floor, at least 1) is the truth and the rest the history, and those
-    held-out items are removed from the user's training row. Training rows: every user's
+    >= 5 training items (``default_rng(seed)``; None: ``default_eval_users`` of them); for
+    each, a random ``val_fraction`` of the training items (floor, at least 1) is the truth
+    and the rest the history, and those held-out items are removed from the user's training
+    row. Training rows: every user's
     remaining training items in file order (users left with none have no row).
     """
     if not 0.0 < val_fraction < 1.0:
         raise DRError(f"val_fraction must be in (0, 1) (got {val_fraction})")
-    if val_users < 0:
+    if val_users is not None and val_users < 0:
         raise DRError(f"val_users must be >= 0 (got {val_users})")
     if (train_inter.user.dtype.kind == "U") != (test_inter.user.dtype.kind == "U") or (
         train_inter.item.dtype.kind == "U"
     ) != (test_inter.item.dtype.kind == "U"):
         raise DRError("train and test files disagree: ids are numbers in one and text in the other")
+    counts: dict = {
+        "train_rows_read": len(train_inter) + train_inter.dropped_missing,
+        "test_rows_read": len(test_inter) + test_inter.dropped_missing,
+        "train_rows_dropped_missing_field": train_inter.dropped_missing,
+        "test_rows_dropped_missing_field": test_inter.dropped_missing,
+    }
+    tr_rows = _dedupe(train_inter, np.arange(len(train_inter)))
+    te_rows = _dedupe(test_inter, np.arange(len(test_inter)))
+    counts["train_duplicates_removed"] = len(train_inter) - len(tr_rows)
+    counts["test_duplicates_removed"] = len(test_inter) - len(te_rows)
+    train_inter = Interactions(train_inter.user[tr_rows], train_inter.item[tr_rows], None, None, "", "")
+    test_inter = Interactions(test_inter.user[te_rows], test_inter.item[te_rows], None, None, "", "")
     n_tr = len(train_inter)
-    counts: dict = {"train_rows_read": n_tr, "test_rows_read": len(test_inter)}
     user_ids, users = _factorize(np.concatenate([train_inter.user, test_inter.user]))
     item_ids, items = _factorize(np.concatenate([train_inter.item, test_inter.item]))
     n_users = len(user_ids)
@@ -245,6 +313,8 @@ def given_split(
     # validation: hold out a random fraction of some users' training items
     eligible = np.flatnonzero(tr_len >= 5)
     counts["val_eligible_users"] = len(eligible)
+    how = "given" if val_users is not None else f"default min(1000, 10% of the {len(eligible)} eligible)"
+    val_users = default_eval_users(len(eligible)) if val_users is None else val_users
     if len(eligible) < val_users:
         raise DRError(
             f"only {len(eligible)} users have >= 5 training items, fewer than val_users "
@@ -278,11 +348,12 @@ def given_split(
     protocol = {
         "name": "given-split",
         "filters": "none (the files' split is used as given)",
+        "duplicates": "a repeated (user, item) pair within a file is kept once (the first)",
         "order": "no time: each user's items keep their file order",
         "test": "every user with >= 1 test item; history = all the user's training items, "
         "truth = the test items",
         "validation": (
-            f"{val_users} users drawn by numpy default_rng({seed}) among users with >= 5 "
+            f"{val_users} users ({how}) drawn by numpy default_rng({seed}) among users with >= 5 "
             f"training items; max(1, floor({val_fraction:g} * n)) random training items are "
             "the truth, the rest the history; held-out items are removed from training rows "
             "(test histories keep them)"

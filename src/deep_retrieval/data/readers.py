@@ -11,7 +11,9 @@ Formats (``FORMATS``):
     lastfm    HetRec 2011 Last.fm ``user_artists.dat``: user \\t artist \\t play-count
 
 Every mistake in a user's file raises ``DRError`` with one line naming the file and the
-problem. Files are parsed with polars, so a 10M-row file reads in seconds.
+problem. A row with a missing field (an empty cell, or NaN / "nan" in any column used) is
+dropped, not an error; ``Interactions.dropped_missing`` counts them (``prepare`` logs it and
+records it in the manifest). Files are parsed with polars, so a 10M-row file reads in seconds.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from ..errors import DRError
+from ..errors import DRError, DRFileNotFoundError, InvalidInputError
 
 FORMATS = ("ml-100k", "ml-dat", "ml-csv", "csv", "parquet", "kgat", "lastfm")
 
@@ -45,6 +47,7 @@ class Interactions:
 
     ``user``/``item`` hold the original ids (int64, or numpy str when not all numeric);
     ``time``/``rating`` are float64 or None when the file has no such column.
+    ``dropped_missing``: rows of the file left out because a field was missing or NaN.
     """
 
     user: np.ndarray
@@ -53,6 +56,7 @@ class Interactions:
     rating: np.ndarray | None
     source: str
     order_note: str
+    dropped_missing: int = 0
 
     def __len__(self) -> int:
         return len(self.user)
@@ -62,7 +66,7 @@ class Interactions:
 def _check_file(path) -> Path:
     path = Path(path)
     if not path.exists():
-        raise DRError(f"input file {path} not found")
+        raise DRFileNotFoundError(f"input file {path} not found")
     if not path.is_file():
         raise DRError(f"input {path} is not a file")
     if path.stat().st_size == 0:
@@ -120,38 +124,64 @@ def _first_bad(s: pl.Series, ok: pl.Series) -> str:
     return f"row {i + 1} (value {s[i]!r})"
 
 
-def _no_nulls(path: Path, s: pl.Series, what: str) -> None:
-    if s.null_count():
-        i = int(np.flatnonzero(s.is_null().to_numpy())[0])
-        raise DRError(f"{path}: {what} is empty at row {i + 1}")
+def _missing(s: pl.Series) -> pl.Series:
+    """(n,) bool: the cell is empty (null or blank) or NaN (a float NaN or the text 'nan')."""
+    if s.dtype.is_float():
+        m = s.is_null() | s.is_nan()
+    elif s.dtype == pl.String:
+        t = s.str.strip_chars().str.to_lowercase()
+        m = s.is_null() | (t == "") | (t == "nan")
+    else:
+        m = s.is_null()
+    return m.fill_null(True)
 
 
 def _ids(path: Path, s: pl.Series, what: str, numeric: bool) -> np.ndarray:
-    """Original ids: int64 when every value is an integer, else numpy str (unless ``numeric``)."""
-    _no_nulls(path, s, what)
+    """Original ids: int64 when every value is an integer, else numpy str (unless ``numeric``).
+
+    Missing cells get a placeholder here; ``_drop_missing`` removes their rows.
+    """
+    miss = _missing(s)
     if s.dtype.is_integer():
-        return s.cast(pl.Int64).to_numpy()
+        return s.fill_null(0).cast(pl.Int64).to_numpy()
     s = s.cast(pl.String).str.strip_chars()
     as_int = s.cast(pl.Int64, strict=False)
-    if as_int.null_count() == 0:
-        return as_int.to_numpy()
+    ok = as_int.is_not_null() | miss
+    if ok.all():
+        return as_int.fill_null(0).to_numpy()
     if numeric:
-        raise DRError(
-            f"{path}: non-numeric {what} at {_first_bad(s, as_int.is_not_null())}; "
-            "this format needs integer ids"
-        )
-    return s.to_numpy().astype(str)
+        raise DRError(f"{path}: non-numeric {what} at {_first_bad(s, ok)}; this format needs integer ids")
+    return s.fill_null("").to_numpy().astype(str)
 
 
 def _floats(path: Path, s: pl.Series, what: str) -> np.ndarray:
-    """float64 values; a missing or non-numeric value raises DRError."""
-    _no_nulls(path, s, what)
+    """float64 values (NaN where missing); a non-numeric value raises DRError."""
+    miss = _missing(s)
     if not s.dtype.is_numeric():
         s = s.cast(pl.String).str.strip_chars()
     f = s.cast(pl.Float64, strict=False)
-    if f.null_count():
-        raise DRError(f"{path}: non-numeric {what} at {_first_bad(s, f.is_not_null())}")
-    return f.to_numpy().astype(np.float64, copy=False)
+    ok = f.is_not_null() | miss
+    if not ok.all():
+        raise DRError(f"{path}: non-numeric {what} at {_first_bad(s, ok)}")
+    return f.fill_null(np.nan).to_numpy().astype(np.float64, copy=False)
+
+
+def _drop_missing(path: Path, cols: list[pl.Series], inter: Interactions) -> Interactions:
+    """``inter`` without the rows where any of ``cols`` is missing; counts them."""
+    miss = np.zeros(len(inter), dtype=bool)
+    for s in cols:
+        miss |= _missing(s).to_numpy()
+    n = int(miss.sum())
+    if n == 0:
+        return inter
+    if n == len(inter):
+        raise DRError(f"input file {path}: every one of its {n} rows has a missing or NaN field")
+    keep = ~miss
+    inter.user, inter.item = inter.user[keep], inter.item[keep]
+    inter.time = None if inter.time is None else inter.time[keep]
+    inter.rating = None if inter.rating is None else inter.rating[keep]
+    inter.dropped_missing += n
+    return inter
 
 
 def _need_columns(path: Path, df: pl.DataFrame, n: int, layout: str, sep: str) -> None:
@@ -171,14 +201,14 @@ def read_ml100k(path) -> Interactions:
     df = _read_table(path, "ml-100k", separator="\t", has_header=False, quote_char=None)
     _need_columns(path, df, 4, "user, item, rating, time", "\t")
     c = df.columns
-    return Interactions(
+    return _drop_missing(path, [df[x] for x in c], Interactions(
         user=_ids(path, df[c[0]], "user id", numeric=True),
         item=_ids(path, df[c[1]], "item id", numeric=True),
         rating=_floats(path, df[c[2]], "rating"),
         time=_floats(path, df[c[3]], "time"),
         source=f"ml-100k {path.name} (user, item, rating, unix time)",
         order_note="time = unix seconds; equal times keep file order",
-    )
+    ))
 
 
 def read_ml_dat(path) -> Interactions:
@@ -192,14 +222,14 @@ def read_ml_dat(path) -> Interactions:
             f"{path}: lines are not 'user::item::rating::time' (found {df.width} ':'-fields, "
             "expected 7); wrong format?"
         )
-    return Interactions(
+    return _drop_missing(path, [df[c[j]] for j in (0, 2, 4, 6)], Interactions(
         user=_ids(path, df[c[0]], "user id", numeric=True),
         item=_ids(path, df[c[2]], "item id", numeric=True),
         rating=_floats(path, df[c[4]], "rating"),
         time=_floats(path, df[c[6]], "time"),
         source=f"ml-dat {path.name} (user::item::rating::time)",
         order_note="time = unix seconds; equal times keep file order",
-    )
+    ))
 
 
 def read_ml_csv(path, **cols) -> Interactions:
@@ -259,7 +289,8 @@ def _sniff_sep(path: Path, lines: list[str]) -> str:
 
 def _from_frame(path: Path, df: pl.DataFrame, cols: dict, what: str, sep_note: str) -> Interactions:
     chosen, notes = _pick_columns(path, df.columns, cols)
-    return Interactions(
+    used = [df[name] for name in chosen.values() if name is not None]
+    return _drop_missing(path, used, Interactions(
         user=_ids(path, df[chosen["user"]], f"user id (column {chosen['user']!r})", False),
         item=_ids(path, df[chosen["item"]], f"item id (column {chosen['item']!r})", False),
         time=None if chosen["time"] is None else _floats(path, df[chosen["time"]], "time"),
@@ -274,7 +305,7 @@ def _from_frame(path: Path, df: pl.DataFrame, cols: dict, what: str, sep_note: s
             if chosen["time"] is not None
             else "no time column: file order is the behaviour order"
         ),
-    )
+    ))
 
 
 def read_csv(
@@ -402,14 +433,14 @@ def read_lastfm(path) -> Interactions:
         if df.height == 0:
             raise DRError(f"input file {path} has no data rows")
     _ = _floats(path, df[c[2]], "play count")  # validated, not used as a rating
-    return Interactions(
+    return _drop_missing(path, [df[x] for x in c], Interactions(
         user=_ids(path, df[c[0]], "user id", numeric=True),
         item=_ids(path, df[c[1]], "artist id", numeric=True),
         time=None,
         rating=None,
         source=f"lastfm {path.name} (user, artist, play count; play count ignored, not a rating)",
         order_note="no time column: file order is the behaviour order",
-    )
+    ))
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -487,7 +518,7 @@ def read(paths, fmt: str = "auto", **cols) -> Interactions:
     if fmt == "auto":
         fmt, _ = detect_format(paths)
     if fmt not in FORMATS:
-        raise DRError(f"unknown format {fmt!r}: use auto or one of {', '.join(FORMATS)}")
+        raise InvalidInputError(f"unknown format {fmt!r}: use auto or one of {', '.join(FORMATS)}")
     fixed = fmt in ("ml-100k", "ml-dat", "kgat", "lastfm")
     if (fixed and given) or (fmt == "parquet" and "sep" in given):
         raise DRError(
@@ -529,4 +560,5 @@ def _concat(parts: Sequence[Interactions]) -> Interactions:
         rating=None if parts[0].rating is None else np.concatenate([p.rating for p in parts]),
         source=" + ".join(p.source for p in parts),
         order_note=parts[0].order_note + " (files concatenated in the order given)",
+        dropped_missing=sum(p.dropped_missing for p in parts),
     )

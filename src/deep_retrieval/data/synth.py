@@ -13,7 +13,8 @@ The generative story (every draw comes from one ``numpy.random.default_rng(seed)
   item popular in one of its clusters is popular in all of them. Clusters themselves
   have Zipf popularity ``(rank + 1) ** -cluster_zipf`` over a random cluster order.
 - **Users.** A user holds ``user_clusters`` interest slots (clusters drawn by cluster
-  popularity) with Dirichlet(``user_alpha``) weights: a sparse mixture.
+  popularity; redrawn until distinct within the user when ``distinct_user_clusters``)
+  with Dirichlet(``user_alpha``) weights: a sparse mixture.
 - **Drift.** Each slot is, with probability ``drift``, replaced by a fresh cluster (drawn
   by cluster popularity) by the end of the sequence: at relative position t in [0, 1] an
   interaction of that slot comes from the new cluster with probability t, so interests
@@ -38,6 +39,12 @@ truth = the rest; every other user is a training row. Item and user ids are dens
 
 ``synth(out, cfg)`` writes the Dataset directory plus ``planted.npz`` (the truth of the
 story: item clusters, cluster popularity, user interests), all in one atomic directory.
+
+Presets: ``demo``, the default, ``large`` (popularity-dominated: a few hundred clusters
+of thousands of items) and ``personal`` (many small communities of ~40 items, each user
+drawn to 6 of them, mild skew; made so that the ideal top-200 lists differ between
+users). Two measures go with them: ``planted_top`` (each user's ideal top-k by the
+planted affinity) and ``top_list_spread`` (how personal a set of top-k lists is).
 """
 
 from __future__ import annotations
@@ -52,7 +59,7 @@ import numpy as np
 
 from ..artifacts import atomic_dir, atomic_write_bytes
 from ..errors import DRError
-from .dataset import Dataset, Ragged, Split
+from .dataset import Dataset, Ragged, Split, unique_sorted
 
 _USER_CHUNK = 1 << 15  # users generated per vectorised chunk (fixed: part of determinism)
 _OVERSAMPLE = 1.5  # candidates drawn per wanted interaction, before dropping repeats
@@ -79,6 +86,7 @@ class SynthConfig:
     length_sigma: float = 1.0  # lognormal sigma of the sequence lengths above min_len
     val_users: int = 1000
     test_users: int = 1000
+    distinct_user_clusters: bool = False  # a user's slots are distinct clusters
     seed: int = 0
 
     @classmethod
@@ -97,6 +105,39 @@ class SynthConfig:
     def large(cls, seed: int = 0) -> SynthConfig:
         """Amazon-Books-sized set: 1.5M items, 300k users, 10M interactions."""
         return cls(n_items=1_500_000, n_users=300_000, n_interactions=10_000_000, seed=seed)
+
+    @classmethod
+    def personal(
+        cls, n_items: int = 100_000, seed: int = 0, community_size: int = 40, zipf: float = 0.5
+    ) -> SynthConfig:
+        """Many small communities, users drawn to a few: personal top-200 lists.
+
+        ``n_items // community_size`` communities (balanced sizes, one per item), Zipf
+        ``zipf`` popularity inside and across communities, ``n_items // 5`` users (at least
+        2,000) with 50 interactions on average, each holding 6 distinct communities with
+        even-ish weights (Dirichlet 2), no drift, 5% noise; val/test users 10% each (at most
+        1,000). 1.5M items: 300k users, 15M interactions; 10^7: 2M users, 10^8 interactions.
+        """
+        n_users = max(n_items // 5, 2_000)
+        n_eval = min(1_000, n_users // 10)
+        return cls(
+            n_items=n_items,
+            n_users=n_users,
+            n_interactions=50 * n_users,
+            n_clusters=max(n_items // max(community_size, 1), 1),
+            max_clusters_per_item=1,
+            multi_cluster_prob=0.0,
+            item_zipf=zipf,
+            cluster_zipf=zipf,
+            user_clusters=6,
+            user_alpha=2.0,
+            distinct_user_clusters=True,
+            drift=0.0,
+            noise=0.05,
+            val_users=n_eval,
+            test_users=n_eval,
+            seed=seed,
+        )
 
     def resolved(self) -> SynthConfig:
         """A copy with ``n_clusters`` filled in (auto -> its value); validates first."""
@@ -133,6 +174,12 @@ class SynthConfig:
         )
         need(self.max_clusters_per_item >= 1, "max_clusters_per_item must be >= 1")
         need(self.user_clusters >= 1, "user_clusters must be >= 1")
+        n_clusters = self.n_clusters or int(np.clip(self.n_items // 50, 2, 1000))
+        need(
+            not self.distinct_user_clusters or self.user_clusters <= n_clusters,
+            f"distinct_user_clusters needs user_clusters ({self.user_clusters}) <= n_clusters "
+            f"({n_clusters})",
+        )
         for name in ("multi_cluster_prob", "drift", "noise"):
             v = getattr(self, name)
             need(0.0 <= v <= 1.0, f"{name} must be in [0, 1], got {v}")
@@ -152,6 +199,7 @@ class Planted:
     user_start: np.ndarray  # (U, S) int32, interest clusters at the start of the sequence
     user_end: np.ndarray  # (U, S) int32, the same slots at the end (drifted ones differ)
     user_weights: np.ndarray  # (U, S) float32, slot weights (rows sum to 1)
+    item_prob: np.ndarray | None = None  # (V, W) float64, p(item | its cluster in that column)
 
     def save(self, path) -> None:
         """Write ``planted.npz`` (``path`` is the file or its directory), atomically."""
@@ -167,6 +215,7 @@ class Planted:
             user_start=self.user_start,
             user_end=self.user_end,
             user_weights=self.user_weights,
+            **({} if self.item_prob is None else {"item_prob": self.item_prob}),
         )
         atomic_write_bytes(path, buf.getvalue())
 
@@ -188,6 +237,7 @@ class Planted:
                 user_start=a["user_start"],
                 user_end=a["user_end"],
                 user_weights=a["user_weights"],
+                item_prob=a.get("item_prob"),  # absent in files written before it existed
             )
         except KeyError as e:
             raise DRError(f"planted structure {path} lacks array {e}") from None
@@ -205,13 +255,17 @@ def generate(cfg: SynthConfig) -> tuple[Dataset, Planted]:
     item_clusters = _item_clusters(rng, cfg)  # (V, W)
     cluster_prob = _zipf(C, cfg.cluster_zipf)[rng.permutation(C)]  # (C,)
     cluster_cdf = _cdf(cluster_prob)
-    members, keys = _cluster_index(rng, item_clusters, C, cfg.item_zipf)
+    members, keys, item_prob = _cluster_index(rng, item_clusters, C, cfg.item_zipf)
 
     # users: interest slots, their drifted replacements, Dirichlet weights
     S = cfg.user_clusters
     start = _draw(rng, cluster_cdf, (U, S)).astype(np.int32)  # (U, S)
+    if cfg.distinct_user_clusters:
+        _make_distinct(rng, cluster_cdf, start, np.ones((U, S), dtype=bool))
     moved = rng.random((U, S)) < cfg.drift
     end = np.where(moved, _draw(rng, cluster_cdf, (U, S)), start).astype(np.int32)
+    if cfg.distinct_user_clusters:
+        _make_distinct(rng, cluster_cdf, end, moved)
     g = rng.standard_gamma(cfg.user_alpha, (U, S))  # (U, S)
     g[:, 0] += g.sum(axis=1) == 0  # underflow guard for tiny alpha
     weights = (g / g.sum(axis=1, keepdims=True)).astype(np.float32)
@@ -243,7 +297,7 @@ def generate(cfg: SynthConfig) -> tuple[Dataset, Planted]:
             "mean_seq_len": float(len(seqs.values) / U),
         },
     }
-    planted = Planted(item_clusters, C, cluster_prob, start, end, weights)
+    planted = Planted(item_clusters, C, cluster_prob, start, end, weights, item_prob)
     return ds, planted
 
 
@@ -257,7 +311,7 @@ def synth(out, cfg: SynthConfig, log=print) -> Dataset:
         f"(mean length {c['mean_seq_len']:.1f}), {planted.n_clusters:,} clusters, "
         f"generated in {time.perf_counter() - t0:.1f}s"
     )
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, "synth") as tmp:
         ds.save(tmp)  # its own atomic write inside ours
         planted.save(tmp / "planted.npz")
     log(f"synth: wrote {out} in {time.perf_counter() - t0:.1f}s")
@@ -303,14 +357,28 @@ def _item_clusters(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
     return out
 
 
+def _make_distinct(rng: np.random.Generator, cdf: np.ndarray, a: np.ndarray, redraw: np.ndarray) -> None:
+    """Redraw entries of ``a`` (U, S) where ``redraw`` until each row's entries are distinct.
+
+    Only entries with ``redraw`` set change (columns left to right); the others stay.
+    """
+    for j in range(a.shape[1]):
+        others = np.delete(a, j, axis=1)  # (U, S-1)
+        todo = np.flatnonzero(redraw[:, j] & (others == a[:, j : j + 1]).any(axis=1))
+        while len(todo):
+            a[todo, j] = _draw(rng, cdf, len(todo))
+            todo = todo[(others[todo] == a[todo, j : j + 1]).any(axis=1)]
+
+
 def _cluster_index(
     rng: np.random.Generator, item_clusters: np.ndarray, C: int, s: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """CSR cluster -> members by quality, and search keys for inverse-CDF sampling.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """CSR cluster -> members by quality, search keys for inverse-CDF sampling, member masses.
 
     Returns ``members`` (M,) int32 items and ``keys`` (M,) float64 with
     ``keys[j] = c + (Zipf mass of cluster c's members up to and including j)``, so that
-    ``searchsorted(keys, c + u, side="right")`` draws a member of c for u ~ U[0, 1).
+    ``searchsorted(keys, c + u, side="right")`` draws a member of c for u ~ U[0, 1); and
+    ``item_prob`` (V, W) float64: p(item | cluster ``item_clusters[v, j]``), 0 on padding.
     """
     V, W = item_clusters.shape
     quality = rng.random(V)
@@ -320,6 +388,7 @@ def _cluster_index(
     item, clus = item[ok], clus[ok].astype(np.int64)  # (M,)
     order = np.lexsort((-quality[item], clus))  # by cluster, best quality first
     item, clus = item[order], clus[order]
+    flat = np.flatnonzero(ok)[order]  # (M,) position of each entry in item_clusters
     ptr = np.zeros(C + 1, dtype=np.int64)
     np.cumsum(np.bincount(clus, minlength=C), out=ptr[1:])
     rank = np.arange(len(item), dtype=np.int64) - ptr[clus]  # (M,)
@@ -328,7 +397,9 @@ def _cluster_index(
     total = cum[ptr[1:] - 1] - before  # (C,) every cluster is non-empty
     keys = clus + (cum - before[clus]) / total[clus]
     keys[ptr[1:] - 1] = np.arange(1, C + 1)  # last member of c: exactly c + 1
-    return item, keys
+    prob = np.zeros(V * W)
+    prob[flat] = (rank + 1.0) ** -s / total[clus]
+    return item, keys, prob.reshape(V, W)
 
 
 def _lengths(rng: np.random.Generator, cfg: SynthConfig) -> np.ndarray:
@@ -467,3 +538,79 @@ def cluster_purity(groups: Ragged, item_clusters: np.ndarray) -> float:
     best = np.zeros(len(groups), dtype=np.int64)
     np.maximum.at(best, pair_group, counts)
     return float(best.sum() / total)
+
+
+# ------------------------------------------------------------------ personal top lists
+def planted_top(
+    planted: Planted, noise: float, k: int = 200, users: np.ndarray | None = None
+) -> np.ndarray:
+    """(n, k) int64: each user's ideal top-k items by planted affinity, -1 padded.
+
+    The affinity of item v for user u is the probability that u's next interaction at the
+    end of the sequence (t = 1, drifted slots in place) is v:
+    ``(1 - noise) * sum_s w[u, s] * p(v | c_s) + noise * sum_c cluster_prob[c] * p(v | c)``
+    with ``c_s = user_end[u, s]``. Only the members of the user's clusters and the k best
+    items of the noise term can reach the top k, so only those are scored (exact). Ties go
+    to the lower item id. ``noise`` is the config's; ``users`` defaults to all users.
+    """
+    if planted.item_prob is None:
+        raise DRError("planted structure has no item_prob (written by an older version)")
+    ic, prob = planted.item_clusters, planted.item_prob  # (V, W)
+    V, W = ic.shape
+    users = np.arange(len(planted.user_end)) if users is None else np.asarray(users, dtype=np.int64)
+    valid = ic >= 0
+    glob = (np.where(valid, planted.cluster_prob[np.maximum(ic, 0)], 0.0) * prob).sum(axis=1)  # (V,)
+    glob_top = np.argsort(-glob, kind="stable")[:k]  # (k,)
+    # members of every cluster, padded: (C, M)
+    item = np.repeat(np.arange(V), W)[valid.reshape(-1)]
+    clus = ic.reshape(-1)[valid.reshape(-1)].astype(np.int64)
+    order = np.argsort(clus, kind="stable")
+    item, clus = item[order], clus[order]
+    sizes = np.bincount(clus, minlength=planted.n_clusters)
+    M = int(sizes.max(initial=0))
+    members = np.full((planted.n_clusters, M), -1, dtype=np.int64)
+    members[clus, np.arange(len(clus)) - np.repeat(np.cumsum(sizes) - sizes, sizes)] = item
+
+    slots, w = planted.user_end[users].astype(np.int64), planted.user_weights[users]  # (n, S)
+    S = slots.shape[1]
+    width = S * M + len(glob_top)
+    out = np.full((len(users), k), -1, dtype=np.int64)
+    step = max(1, (1 << 22) // width)
+    for a in range(0, len(users), step):
+        sl, wl = slots[a : a + step], w[a : a + step].astype(np.float64)  # (b, S)
+        b = len(sl)
+        glob_rows = np.broadcast_to(glob_top, (b, len(glob_top)))
+        cand = np.concatenate([members[sl].reshape(b, S * M), glob_rows], axis=1)  # (b, L)
+        cand = np.sort(cand, axis=1)  # (b, L) by item: repeats side by side, padding first
+        c = np.maximum(cand, 0)
+        aff = noise * glob[c]  # (b, L)
+        for s in range(S):
+            for j in range(W):
+                aff += (1 - noise) * wl[:, s, None] * prob[c, j] * (ic[c, j] == sl[:, s, None])
+        dup = np.zeros(cand.shape, dtype=bool)
+        dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
+        aff[(cand < 0) | dup] = -np.inf
+        best = np.argsort(-aff, axis=1, kind="stable")[:, :k]  # ties: lower item id first
+        got = np.take_along_axis(cand, best, 1)
+        got[np.take_along_axis(aff, best, 1) == -np.inf] = -1
+        out[a : a + b, : got.shape[1]] = got
+    return out
+
+
+def top_list_spread(lists: np.ndarray, item_counts: np.ndarray | None = None, top: int = 200) -> dict:
+    """How personal a set of top-k lists is: distinct items, and the share in the most common.
+
+    ``lists`` (n, k) item ids, -1 padding ignored. ``distinct``: the number of distinct
+    items over all lists. ``share_in_most_common``: the share of list entries that are
+    among the ``top`` most common items: by ``item_counts`` (e.g. training counts) when
+    given, else by occurrences in the lists themselves (ties to the lower id). A
+    popularity-dominated recommender gives every user the same list (few distinct items,
+    share near 1); a personal one gives many distinct items and a low share.
+    """
+    v = np.asarray(lists).reshape(-1)
+    v = v[v >= 0]
+    if len(v) == 0:
+        return {"distinct": 0, "share_in_most_common": 0.0}
+    counts = np.bincount(v) if item_counts is None else np.asarray(item_counts)
+    common = np.argsort(-counts, kind="stable")[:top]
+    return {"distinct": len(unique_sorted(v)), "share_in_most_common": float(np.isin(v, common).mean())}
