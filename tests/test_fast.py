@@ -149,3 +149,70 @@ def test_dense_scoring_gives_the_same_answer(model, data, monkeypatch):
     np.testing.assert_array_equal(got[2], want[2])
     one = r.search(u_str[:1], u_rr[:1], 7, 3)
     same_up_to_ties(one[0], one[1], want[0][:1], want[1][:1])
+
+
+def test_exclude_history_equals_recommend(model, data):
+    hist = histories(data)
+    u_str, u_rr = model.user_embeddings(hist, "str"), model.user_embeddings(hist, "rr")
+    r = Retriever.from_model(model)
+    for B in (2, 5):
+        ids, scores = model.recommend(hist, 7, exclude_history=True, B=B)
+        got = r.search(u_str, u_rr, 7, B, drop=hist)
+        same_up_to_ties(got[0], got[1], ids, scores)
+        np.testing.assert_array_equal(got[2], model.last_items_scored)
+        assert not any(set(got[0][u].tolist()) & set(hist[u].tolist()) for u in range(len(hist)))
+        chunked = r.search(u_str, u_rr, 7, B, chunk=3, drop=hist)  # drop is sliced per block
+        same_up_to_ties(chunked[0], chunked[1], got[0], got[1])  # an empty history ties everything
+        np.testing.assert_array_equal(chunked[2], got[2])
+        for u in range(len(hist)):  # batch 1
+            one = r.search(u_str[u : u + 1], u_rr[u : u + 1], 7, B, drop=[hist[u]])
+            same_up_to_ties(one[0], one[1], ids[u : u + 1], scores[u : u + 1])
+            assert one[2][0] == model.last_items_scored[u]
+
+
+@pytest.mark.parametrize("batch", [1, 6])
+def test_exclude_and_allow_filter_the_full_ranking(model, data, batch):
+    """Oracle: rank every candidate (k = V), drop what the filters forbid, keep the first k."""
+    hist = histories(data)
+    hist = hist.take(np.flatnonzero(hist.lengths > 0)[:batch])  # an empty history ties every score
+    u_str, u_rr = model.user_embeddings(hist, "str"), model.user_embeddings(hist, "rr")
+    r = Retriever.from_model(model)
+    V, k, B = model.n_items, 5, 4
+    full_ids, full_scores, _ = r.search(u_str, u_rr, V, B)
+    rng = np.random.default_rng(1)
+    exclude = rng.choice(V, V // 3, replace=False)
+    allow = rng.choice(V, V // 2, replace=False)
+    cases = [(exclude, None), (None, allow), (exclude, allow), (np.zeros(0, np.int64), np.zeros(0, np.int64))]
+    for ex, al in cases:
+        ids, scores, n_cand = r.search(u_str, u_rr, k, B, exclude=ex, allow=al)
+        for u in range(batch):
+            ok = full_ids[u] >= 0
+            if ex is not None:
+                ok &= ~np.isin(full_ids[u], ex)
+            if al is not None:
+                ok &= np.isin(full_ids[u], al)
+            want_ids, want_s = full_ids[u][ok][:k], full_scores[u][ok][:k]
+            assert n_cand[u] == ok.sum()
+            np.testing.assert_array_equal(ids[u, : len(want_ids)], want_ids)
+            np.testing.assert_allclose(scores[u, : len(want_s)], want_s, rtol=1e-6)
+            assert np.all(ids[u, len(want_ids) :] == -1)
+
+
+def test_concurrent_searches_match_sequential(model, data):
+    """Many threads calling search on one Retriever (batch 1 uses per-thread scratch)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    hist = histories(data)
+    u_str, u_rr = model.user_embeddings(hist, "str"), model.user_embeddings(hist, "rr")
+    r = Retriever.from_model(model)
+    n = len(hist)
+
+    def one(u):
+        return r.search(u_str[u : u + 1], u_rr[u : u + 1], 7, 5, drop=[hist[u]])
+
+    want = [one(u) for u in range(n)]
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(one, list(range(n)) * 20))
+    for i, g in enumerate(got):
+        for a, b in zip(g, want[i % n], strict=True):
+            np.testing.assert_array_equal(a, b)

@@ -109,3 +109,33 @@ def test_dr_update_cli(model, tmp_path, capsys):
     assert DeepRetrieval.load(tmp_path / "m").n_items == model.n_items
     assert main(["update", str(tmp_path / "m"), str(tmp_path / "new.csv"), "--out", str(tmp_path / "m")]) == 2
     assert capsys.readouterr().err.startswith("error:")
+
+
+def test_prepare_time_replay_then_train_and_update_from_the_cli(tmp_path, capsys):
+    """dr prepare --protocol time-replay writes base/ (a data set) and the chunks; dr update takes one."""
+    from deep_retrieval.cli import main
+    from deep_retrieval.data.replay import Replay
+
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 80, 3000)
+    rows = ["user,item,time"] + [f"{u},{rng.integers(0, 60)},{t}" for t, u in enumerate(users)]
+    (tmp_path / "log.csv").write_text("\n".join(rows) + "\n")
+    out = tmp_path / "replay"
+    assert main(["prepare", str(tmp_path / "log.csv"), "--protocol", "time-replay", "--chunks", "3",
+                 "--out", str(out), "--val-users", "5"]) == 0
+    assert "3 chunks" in capsys.readouterr().out
+    rp = Replay.load(out)
+    assert rp.n_chunks == 3 and len(rp.evals) == 3
+    # a second run without --force is refused, naming the kind; a data set there is not a replay
+    assert main(["prepare", str(tmp_path / "log.csv"), "--protocol", "time-replay", "--out", str(out)]) == 2
+    assert "time-replay" in capsys.readouterr().err
+    cfg = tiny_config()
+    (tmp_path / "cfg.toml").write_text(cfg.to_toml())
+    cfg_file, model_dir = str(tmp_path / "cfg.toml"), str(tmp_path / "m")
+    assert main(["train", str(out / "base"), "--config", cfg_file, "--out", model_dir]) == 0
+    c = rp.chunk(0)
+    lines = ["user,item,time"] + [f"{u},{i},{t}" for u, i, t in zip(c.user, c.item, c.time, strict=True)]
+    (tmp_path / "chunk0.csv").write_text("\n".join(lines) + "\n")
+    assert main(["update", model_dir, str(tmp_path / "chunk0.csv"), "--out", str(tmp_path / "m1")]) == 0
+    m0, m1 = DeepRetrieval.load(tmp_path / "m"), DeepRetrieval.load(tmp_path / "m1")
+    assert m1.n_items >= m0.n_items and m1.log[-1]["phase"] == "update"

@@ -66,3 +66,20 @@ def test_early_stopping_ends_the_joint_phase_when_validation_recall_is_flat(data
     cfg = tiny_config(train__epochs_joint=6, train__epochs_dr=1, train__patience=1, train__lr=1e-12)
     model = DeepRetrieval(cfg).fit(data, log=lambda _: None)
     assert [e["phase"] for e in model.log] == ["joint", "joint", "dr"]
+
+
+def test_cosine_model_fast_path_equals_the_torch_path(data):
+    from deep_retrieval.fast import Retriever
+
+    cfg = tiny_config(encoder__kind="mean", reranker__similarity="cosine", reranker__temperature=0.1)
+    model = DeepRetrieval(cfg).fit(data, log=lambda _: None)
+    hist = data.test.hist
+    want_ids, want_scores = model.recommend(hist, 5)
+    u_str = model.user_embeddings(hist, which="str")
+    u_rr = model.user_embeddings(hist, which="rr")
+    np.testing.assert_allclose(np.linalg.norm(u_rr, axis=1), 1.0, rtol=1e-5)  # unit users
+    np.testing.assert_allclose(np.linalg.norm(model.net.reranker.item_embeddings(), axis=1), 1.0, rtol=1e-5)
+    ids, scores, _ = Retriever.from_model(model).search(u_str, u_rr, 5, cfg.beam.B)
+    np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
+    assert np.all(np.abs(scores[np.isfinite(scores)]) <= 1 + 1e-5)  # cosines
+    np.testing.assert_array_equal(ids[:, 0], want_ids[:, 0])

@@ -71,9 +71,20 @@ class Kind:
     is_kind: Callable[[Path], bool]  # path -> is an artefact of this kind (path exists)
 
 
+def _is_replay(p: Path) -> bool:
+    """A time-replay directory (data/replay.py): a manifest naming the protocol, and base/."""
+    try:
+        m = json.loads((p / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    protocol = m.get("protocol") if isinstance(m, dict) else None
+    return isinstance(protocol, dict) and protocol.get("name") == "time-replay" and (p / "base").is_dir()
+
+
 def _is_dataset(p: Path) -> bool:
     return (
         p.is_dir() and _has_json_keys(p / "manifest.json", "format_version") and (p / "arrays.npz").is_file()
+        and not _is_replay(p)
     )
 
 
@@ -100,9 +111,10 @@ KINDS: dict[str, Kind] = {
         "dr experiment result", lambda p: p.is_dir() and _only({"results.json", "table.md"})(p)
     ),
     "results-json": Kind("results JSON", lambda p: p.is_file() and _has_json_keys(p, "results")),
+    "replay": Kind("time-replay data", lambda p: p.is_dir() and _is_replay(p)),
 }
 FILE_KINDS = ("results-json",)
-REPLACED_KINDS = ("synth", "dataset", "model", "baseline", "retriever")  # by atomic_dir, as a whole
+REPLACED_KINDS = ("synth", "dataset", "model", "baseline", "retriever", "replay")  # by atomic_dir, as a whole
 
 
 def kind_of(path: str | os.PathLike) -> str | None:

@@ -62,7 +62,8 @@ def cli() -> None:
 @click.option("--format", "fmt", default="auto", show_default=True,
               help="auto, ml-100k, ml-dat, ml-csv, csv, parquet, kgat or lastfm.")
 @click.option("--protocol", default="user-split", show_default=True,
-              help="user-split (the paper's) or given-split (INPUT = train file, INPUT2 = test file).")
+              help="user-split (the paper's), given-split (INPUT = train file, INPUT2 = test file) or "
+                   "time-replay (a base period + --chunks time-ordered chunks; see `dr update`).")
 @click.option("--user-col", default=None, help="User column (csv/parquet).")
 @click.option("--item-col", default=None, help="Item column (csv/parquet).")
 @click.option("--time-col", default=None, help="Timestamp column (csv/parquet).")
@@ -84,16 +85,42 @@ def cli() -> None:
               help="user-split: keep a repeated (user, item) pair as repeat events [default: keep its "
                    "first occurrence in time order].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the evaluation user draw.")
-def prepare(inputs, out, force, fmt, protocol, **kw) -> None:
+@click.option("--chunks", type=click.IntRange(min=1), default=4, show_default=True,
+              help="time-replay: time-ordered chunks after the base period.")
+@click.option("--base-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.5,
+              show_default=True, help="time-replay: share of the interactions (in time) in the base period.")
+@click.option("--min-history", type=click.IntRange(min=1), default=5, show_default=True,
+              help="time-replay: earlier interactions a user needs to be evaluated on a chunk.")
+def prepare(inputs, out, force, fmt, protocol, chunks, base_fraction, min_history, **kw) -> None:
     """Read interaction logs and write a prepared data set directory.
 
     Rows with a missing or NaN field are dropped and duplicate (user, item) rows collapsed;
-    both counts are printed and kept in the manifest.
+    both counts are printed and kept in the manifest. time-replay writes a replay directory
+    (data/replay.py): its base/ is a data set `dr train` takes, and each chunk is a log for
+    `dr update`, with an evaluation set per chunk.
     """
     from .data.prepare import prepare as run
 
-    _check_out(out, "dataset", force, inputs)
-    run(list(inputs), out, fmt=fmt, protocol=protocol, log=click.echo, **kw)
+    if protocol != "time-replay":
+        _check_out(out, "dataset", force, inputs)
+        run(list(inputs), out, fmt=fmt, protocol=protocol, log=click.echo, **kw)
+        return
+    from .data.readers import read
+    from .data.replay import time_replay
+    from .errors import InvalidInputError
+
+    _check_out(out, "replay", force, inputs)
+    if len(inputs) != 1:
+        raise InvalidInputError(f"protocol time-replay needs one input file, got {len(inputs)}")
+    cols = {k: kw[k] for k in ("user_col", "item_col", "time_col", "rating_col", "sep")}
+    val_users = 50 if kw["val_users"] is None else kw["val_users"]
+    inter = read(inputs[0], fmt, **cols)
+    rp = time_replay(inter, chunks, base_fraction=base_fraction, min_history=min_history,
+                     val_users=val_users, min_rating=kw["min_rating"], seed=kw["seed"])
+    rp.save(out)
+    click.echo(f"time replay: base {int(rp.offsets[0]):,} interactions, {rp.n_chunks} chunks of "
+               f"{', '.join(f'{int(b - a):,}' for a, b in zip(rp.offsets[:-1], rp.offsets[1:], strict=True))}"
+               f"; evaluation users per chunk {[len(e) for e in rp.evals]}; saved to {out}")
 
 
 # ---------------------------------------------------------------------------- synth

@@ -11,9 +11,15 @@
 ``search(u_str, u_rr, k, B)`` takes precomputed user embeddings (n, e) and returns the
 top-k item ids (n, k) (-1 padded), their scores (n, k) (-inf padded) and the number of
 distinct candidates reranked per user (n,). It is the same algorithm as
-``DeepRetrieval.recommend`` (without history exclusion): beams are ranked by CUMULATIVE
-log-probability exactly as in ``beam.beam_search``, the candidates are the union of the
-items on the B paths, reranked by inner product.
+``DeepRetrieval.recommend``: beams are ranked by CUMULATIVE log-probability exactly as in
+``beam.beam_search``, the candidates are the union of the items on the B paths, reranked by
+inner product. Filters act on the candidates before the rerank (so they cost O(candidates x
+log filter size), never O(V)): ``drop`` removes per-user items (``exclude_history`` passes
+the histories, as ``recommend(exclude_history=True)`` does), ``exclude`` removes items for
+every user, ``allow`` keeps only the items it lists.
+
+A Retriever is safe to share between threads: ``search`` writes only to arrays it
+allocates, except one (V,) scratch array per thread (``candidates`` at batch 1).
 
 Why numpy: at batch 1 the work is a few (1, e) x (e, H) and (b, H) x (H, K) products and
 top-B selections over 5,000 scores; torch spends more in per-op dispatch than in
@@ -23,12 +29,15 @@ arithmetic there, numpy's small matmuls and ``argpartition`` do not.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from .artifacts import atomic_dir, read_json
+from .data.dataset import Ragged, as_ragged, unique_sorted
 from .errors import DRError
+from .recommender import pairs_in_history
 from .structure import to_flat
 
 
@@ -53,6 +62,14 @@ def _top_sorted(score: np.ndarray, k: int) -> np.ndarray:
         part = np.broadcast_to(np.arange(m), score.shape)  # (n, m) every column
     order = np.argsort(-score[rows, part], axis=1, kind="stable")
     return part[rows, order]  # (n, k)
+
+
+def _member(sorted_set: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """(m,) True where x[j] is in ``sorted_set`` (sorted, distinct): a binary search per entry."""
+    if len(sorted_set) == 0:
+        return np.zeros(x.shape, dtype=bool)
+    pos = np.minimum(np.searchsorted(sorted_set, x), len(sorted_set) - 1)  # (m,)
+    return sorted_set[pos] == x
 
 
 DENSE_FRACTION = 1 / 8  # a user with more candidates than this share of V scores every item
@@ -83,14 +100,18 @@ class Retriever:
         self.indptr = indptr  # (P+1,) int64
         self.items = items  # (nnz,) int64 items of path p: items[indptr[p]:indptr[p+1]]
         self.item_emb = item_emb  # (V, e) float32 reranker output embeddings
-        self._stamp: np.ndarray | None = None  # (V,) scratch of candidates(), see there
+        self._local = threading.local()  # .stamp: (V,) per-thread scratch of candidates()
         self.H = b_user.shape[0] // D
 
     @classmethod
     def from_model(cls, model) -> Retriever:
         """Copy a trained ``DeepRetrieval``'s serving state (call again after retraining)."""
         model._check_fitted()
-        item_emb = model.net.reranker.item_emb.weight.detach().numpy()  # (V, e) a view, no copy
+        rr = model.net.reranker
+        if rr.cfg.similarity == "cosine":  # unit rows: the inner product is the reranker's score
+            item_emb = rr.item_embeddings()  # (V, e) a normalised copy
+        else:
+            item_emb = rr.item_emb.weight.detach().cpu().numpy()  # (V, e) a view, no copy
         return cls.from_parts(model.net.structure, model._index, item_emb)
 
     @classmethod
@@ -121,7 +142,7 @@ class Retriever:
         A server then needs only ``Retriever.load`` (no torch model, no M-step table).
         """
         arrays = self._arrays()
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, "retriever") as tmp:
             for name, a in arrays.items():
                 np.save(tmp / f"{name}.npy", a, allow_pickle=False)
             meta = {"format_version": 1, "K": self.K, "D": self.D, "layers": [len(r) for r in self.rest]}
@@ -214,8 +235,7 @@ class Retriever:
 
         Batched, the items of a row come sorted ascending (one sort of (row, item) keys,
         as ``PathIndex.candidates``). For one row duplicates are dropped in O(total)
-        instead, with a (V,) scratch array of positions (so a Retriever is not for
-        concurrent use by several threads).
+        instead, with a (V,) scratch array of positions, one per thread (pages touched lazily).
         """
         n, Bp = flat.shape
         P = len(self.path_ids)
@@ -233,10 +253,11 @@ class Retriever:
         t = np.arange(total)  # (total,)
         items = self.items[t + shift]  # (total,) with duplicates
         if n == 1:
-            if self._stamp is None:
-                self._stamp = np.empty(len(self.item_emb), dtype=np.int64)  # pages touched lazily
-            self._stamp[items] = t  # one position per distinct item survives the writes ...
-            items = items[self._stamp[items] == t]  # (m,) ... and keeps that occurrence
+            stamp = getattr(self._local, "stamp", None)
+            if stamp is None:
+                stamp = self._local.stamp = np.empty(len(self.item_emb), dtype=np.int64)  # (V,)
+            stamp[items] = t  # one position per distinct item survives the writes ...
+            items = items[stamp[items] == t]  # (m,) ... and keeps that occurrence
             return items, np.zeros(len(items), dtype=np.int64), np.array([len(items)])
         V = max(len(self.item_emb), 1)
         row = np.repeat(np.arange(n), size.reshape(n, Bp).sum(axis=1))  # (total,)
@@ -247,13 +268,17 @@ class Retriever:
 
     # ------------------------------------------------------------------ search
     def search(
-        self, u_str: np.ndarray, u_rr: np.ndarray, k: int, B: int, chunk: int = 32
+        self, u_str: np.ndarray, u_rr: np.ndarray, k: int, B: int, chunk: int = 32,
+        drop=None, exclude=None, allow=None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Beam search (B paths) -> candidates -> inner-product rerank -> top-k.
+        """Beam search (B paths) -> candidates -> filters -> inner-product rerank -> top-k.
 
         u_str, u_rr (n, e) float32 user embeddings (structure / reranker; the same array
-        for a shared encoder). Returns ids (n, k) int64 padded -1, scores (n, k) float32
-        padded -inf, best first, and n_candidates (n,) distinct items reranked per user.
+        for a shared encoder). Optional filters, all dense item indices: ``drop`` n rows
+        (a Ragged or lists) of items user i must not get (its history for exclude-history),
+        ``exclude`` (m,) items nobody gets, ``allow`` (m,) the only items anybody gets.
+        Returns ids (n, k) int64 padded -1, scores (n, k) float32 padded -inf, best first,
+        and n_candidates (n,) distinct items reranked per user (after the filters).
         Users go through in blocks of ``chunk``, so that a block's (chunk, B, H) and
         (chunk, candidates, e) temporaries stay in cache.
         """
@@ -262,16 +287,34 @@ class Retriever:
         u_str = np.ascontiguousarray(u_str, dtype=np.float32)
         u_rr = np.ascontiguousarray(u_rr, dtype=np.float32)
         n = u_rr.shape[0]
+        if drop is not None:
+            drop = as_ragged(drop)
+            if len(drop) != n:
+                raise ValueError(f"drop has {len(drop)} rows for {n} users")
+        exclude = None if exclude is None else unique_sorted(np.asarray(exclude, dtype=np.int64))
+        allow = None if allow is None else unique_sorted(np.asarray(allow, dtype=np.int64))
         if n <= chunk:
-            return self._search(u_str, u_rr, k, B)
-        parts = [self._search(u_str[lo : lo + chunk], u_rr[lo : lo + chunk], k, B)
+            return self._search(u_str, u_rr, k, B, drop, exclude, allow)
+        parts = [self._search(u_str[lo : lo + chunk], u_rr[lo : lo + chunk], k, B,
+                              None if drop is None else drop.take(np.arange(lo, min(lo + chunk, n))),
+                              exclude, allow)
                  for lo in range(0, n, chunk)]
         return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
 
-    def _search(self, u_str, u_rr, k: int, B: int):
+    def _search(self, u_str, u_rr, k: int, B: int, drop: Ragged | None, exclude, allow):
         n = u_rr.shape[0]
         paths, _ = self.beam(u_str, B)  # (n, B', D)
         items, row, lengths = self.candidates(to_flat(paths, self.K))  # (total,), (total,), (n,)
+        if drop is not None or exclude is not None or allow is not None:
+            keep = np.ones(len(items), dtype=bool)  # (total,)
+            if drop is not None and len(drop.values):
+                keep &= ~pairs_in_history(row, items, drop)
+            if exclude is not None:
+                keep &= ~_member(exclude, items)
+            if allow is not None:
+                keep &= _member(allow, items)
+            items, row = items[keep], row[keep]  # rows stay grouped and in order
+            lengths = np.bincount(row, minlength=n)  # (n,)
         ids = np.full((n, k), -1, dtype=np.int64)
         scores = np.full((n, k), -np.inf, dtype=np.float32)
         m = int(lengths.max(initial=0))  # widest row

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import KINDS, Kind, atomic_dir, read_json
+from ..artifacts import _is_replay, atomic_dir, read_json
 from ..errors import DRError, DRFileNotFoundError, InvalidInputError
 from .dataset import Dataset, Ragged, Split
 from .protocols import _factorize, _gather, _grouped
@@ -59,17 +59,6 @@ from .readers import Interactions
 FORMAT_VERSION = 1
 
 
-def _is_replay(p: Path) -> bool:
-    try:
-        m = json.loads((p / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    named = isinstance(m, dict) and m.get("protocol", {}).get("name") == "time-replay"
-    return named and (p / "base").is_dir()
-
-
-# the output kind of Replay.save (see artifacts.KINDS): a replay may only replace a replay
-KINDS.setdefault("replay", Kind("time-replay data", lambda p: p.is_dir() and _is_replay(p)))
 
 
 @dataclass
