@@ -2,7 +2,7 @@
 .PHONY: install test lint demo bench
 
 install:
-	python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e '.[dev,ann]'
+	python3 -m venv .venv && .venv/bin/pip install torch==2.13.0 && .venv/bin/pip install -e '.[dev,ann,serve,tune,als]'
 
 test:
 	.venv/bin/python -m pytest -q

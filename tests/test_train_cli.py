@@ -62,3 +62,14 @@ def test_bad_device_is_refused_before_any_work(setup, capsys, device, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
     assert not (root / "dev").exists()
+
+
+def test_evaluate_on_a_device(setup, capsys):
+    root, _ = setup
+    model = root / "full"
+    if not model.exists():
+        assert main(["train", str(root / "data"), "--config", str(root / "cfg.toml"), "--out", str(model)]) == 0
+    assert main(["evaluate", str(root / "data"), "--methods", str(model), "--k", "5", "--device", "cpu"]) == 0
+    assert "brute-force" in capsys.readouterr().out
+    assert main(["evaluate", str(root / "data"), "--methods", str(model), "--device", "tpu"]) == 2
+    assert "unknown device" in capsys.readouterr().err

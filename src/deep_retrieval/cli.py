@@ -308,19 +308,27 @@ def configs() -> None:
 @click.option("--exclude-history", is_flag=True, help="Never recommend a user's history items.")
 @click.option("--json", "json_out", default=None, help="Write the results JSON here (a file path).")
 @_force_option("results JSON")
-def evaluate(data, methods, ks, split, exclude_history, json_out, force) -> None:
+@click.option("--device", default="cpu", show_default=True,
+              help="Where DR models compute (cpu, cuda, cuda:N, auto); latencies are then of that device.")
+def evaluate(data, methods, ks, split, exclude_history, json_out, force, device) -> None:
     """Evaluate models and baselines on a prepared data set's test or validation users."""
     from .artifacts import atomic_write_json
     from .data.dataset import Dataset
     from .evaluate import build_methods, format_table
     from .evaluate import evaluate as run
+    from .model import DeepRetrieval
+    from .state import resolve_device
 
     ks_ = _ints(ks, "--k", minimum=1)
+    dev = resolve_device(device)
     if json_out:
         model_dirs = [m for m in methods.split(",") if Path(m).exists()]
         _check_out(json_out, "results-json", force, [data, *model_dirs])
     ds = Dataset.load(data)
     recs = build_methods([m.strip() for m in methods.split(",") if m.strip()], ds)
+    for rec in recs.values():
+        if isinstance(rec, DeepRetrieval):
+            rec.to(dev)
     result = run(ds, recs, ks_, split=split, exclude_history=exclude_history)
     result["dataset"] = str(data)
     click.echo(format_table(result))
@@ -408,7 +416,10 @@ def serve(model_dir, host, port, workers, threads, **caps) -> None:
 @_force_option("result of this experiment")
 @click.option("--set", "overrides", multiple=True, metavar="TABLE.KEY=VALUE",
               help="Extra DR config override, after the file's dr_set (repeatable).")
-def experiment(experiment_file, data_root, results, seeds, overrides, force) -> None:
+@click.option("--device", default=None,
+              help="Where DR trains and is evaluated (auto, cpu, cuda, cuda:N; the YouTube-DNN twin "
+                   "stays on the CPU) [default: the config's train.device].")
+def experiment(experiment_file, data_root, results, seeds, overrides, force, device) -> None:
     """Prepare a data set, train DR and its YouTube-DNN twin per seed, evaluate against the
     baselines, and write results.json + table.md (mean ± std over the seeds).
 
@@ -421,6 +432,11 @@ def experiment(experiment_file, data_root, results, seeds, overrides, force) -> 
                [experiment_file, *(Path(data_root) / p for p in exp.data.inputs)])
     if seeds is not None:
         exp.seeds = tuple(_ints(seeds, "--seeds"))
+    if device is not None:
+        from .state import resolve_device
+
+        resolve_device(device)  # refused before any work
+        overrides = (*overrides, f'train.device="{device}"')
     exp.dr_set = (*exp.dr_set, *overrides)
     run(exp, data_root, results, log=click.echo)
 
