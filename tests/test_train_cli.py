@@ -68,7 +68,8 @@ def test_evaluate_on_a_device(setup, capsys):
     root, _ = setup
     model = root / "full"
     if not model.exists():
-        assert main(["train", str(root / "data"), "--config", str(root / "cfg.toml"), "--out", str(model)]) == 0
+        cfg = str(root / "cfg.toml")
+        assert main(["train", str(root / "data"), "--config", cfg, "--out", str(model)]) == 0
     assert main(["evaluate", str(root / "data"), "--methods", str(model), "--k", "5", "--device", "cpu"]) == 0
     assert "brute-force" in capsys.readouterr().out
     assert main(["evaluate", str(root / "data"), "--methods", str(model), "--device", "tpu"]) == 2
