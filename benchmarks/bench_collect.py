@@ -57,11 +57,11 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     (OUT / "collect.json").write_text(json.dumps(res, indent=1) + "\n")
     s = res["seconds_per_1e6"]
-    cmd = (f"python benchmarks/bench_collect.py {args.data} --config {args.config} --examples {args.examples} "
-           f"--threads {args.threads} --device {args.device}")
+    cmd = (f"python benchmarks/bench_collect.py {args.data} --config {args.config} "
+           f"--examples {args.examples} --threads {args.threads} --device {args.device}")
     md = (f"# Score collection vs E-step\n\n`{cmd}`\n\n"
           f"| part | seconds per 10^6 examples |\n|---|---|\n| E-step (joint) | {s['e_step']:.1f} |\n"
-          f"| score collection (beam S = {cfg.em.S}, aggregation) | {s['score_collection']:.1f} |\n\n"
+          f"| score collection (beam S = {cfg.em.S}) | {s['score_collection']:.1f} |\n\n"
           f"Collection / E-step = {res['ratio_collection_over_e_step']:.2f} (target <= 1); coordinate descent "
           f"over the window {s['coordinate_descent_window']:.2f} s.\n")
     (OUT / "collect.md").write_text(md)
