@@ -62,8 +62,8 @@ def main() -> None:
     md = (f"# Score collection vs E-step\n\n`{cmd}`\n\n"
           f"| part | seconds per 10^6 examples |\n|---|---|\n| E-step (joint) | {s['e_step']:.1f} |\n"
           f"| score collection (beam S = {cfg.em.S}) | {s['score_collection']:.1f} |\n\n"
-          f"Collection / E-step = {res['ratio_collection_over_e_step']:.2f} (target <= 1); coordinate descent "
-          f"over the window {s['coordinate_descent_window']:.2f} s.\n")
+          f"Collection / E-step = {res['ratio_collection_over_e_step']:.2f} (target <= 1); coordinate "
+          f"descent over the window {s['coordinate_descent_window']:.2f} s.\n")
     (OUT / "collect.md").write_text(md)
     print(md)
 
