@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import atomic_dir, read_json
+from ..artifacts import atomic_dir, read_json, read_npz
 from ..errors import DRError, InvalidInputError
 
 FORMAT_VERSION = 1
@@ -270,13 +270,7 @@ class Dataset:
                 f"data set {path} has format_version {manifest.get('format_version')!r}, "
                 f"expected {FORMAT_VERSION}"
             )
-        try:
-            with np.load(path / "arrays.npz", allow_pickle=False) as z:
-                a = {k: z[k] for k in z.files}
-        except FileNotFoundError:
-            raise DRError(f"data set {path} has no arrays.npz") from None
-        except Exception as e:  # zipfile / value errors from a corrupt file
-            raise DRError(f"data set {path}: arrays.npz is corrupt ({e})") from None
+        a = read_npz(path / "arrays.npz", f"data set {path}")
 
         def rag(prefix: str) -> Ragged:
             return Ragged(a[f"{prefix}_values"].astype(np.int64), a[f"{prefix}_offsets"])

@@ -50,7 +50,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import _is_replay, atomic_dir, read_json
+from ..artifacts import _is_replay, atomic_dir, read_json, read_npz
 from ..errors import DRError, DRFileNotFoundError, InvalidInputError
 from .dataset import Dataset, Ragged, Split
 from .protocols import _factorize, _gather, _grouped
@@ -161,13 +161,7 @@ class Replay:
         manifest = read_json(path / "manifest.json", "replay manifest")
         if manifest.get("format_version") != FORMAT_VERSION or not _is_replay(path):
             raise DRError(f"{path} is not a time-replay directory (format {FORMAT_VERSION})")
-        try:
-            with np.load(path / "arrays.npz", allow_pickle=False) as z:
-                a = {k: z[k] for k in z.files}
-        except FileNotFoundError:
-            raise DRError(f"replay {path} has no arrays.npz") from None
-        except Exception as e:  # zipfile / value errors from a corrupt file
-            raise DRError(f"replay {path}: arrays.npz is corrupt ({e})") from None
+        a = read_npz(path / "arrays.npz", f"replay {path}")
 
         def rag(prefix: str) -> Ragged:
             return Ragged(a[f"{prefix}_values"], a[f"{prefix}_offsets"])
