@@ -12,6 +12,7 @@ Kinds (``KINDS``), each recognised by its marker files:
     demo        ``dr demo``'s output: only results.json, report.md, paths.png, training.png, model/
     experiment  ``dr experiment``'s RESULTS/<name>: only results.json and table.md
     results-json a results file (``dr evaluate --json``): a JSON object with "results"
+    tune        ``dr tune``'s output: tune.json with kind, setup and trials (+ study.sqlite3, ...)
 
 ``check_output`` is the pre-flight check every writer (and the CLI, before any work) runs:
 it refuses a target that is a file, a non-empty directory of another kind, a same-kind
@@ -112,6 +113,10 @@ KINDS: dict[str, Kind] = {
     ),
     "results-json": Kind("results JSON", lambda p: p.is_file() and _has_json_keys(p, "results")),
     "replay": Kind("time-replay data", lambda p: p.is_dir() and _is_replay(p)),
+    # `dr tune`'s output (tune.py), written in place: a rerun with the same setup continues it
+    "tune": Kind(
+        "dr tune study", lambda p: p.is_dir() and _has_json_keys(p / "tune.json", "kind", "setup", "trials")
+    ),
 }
 FILE_KINDS = ("results-json",)
 REPLACED_KINDS = ("synth", "dataset", "model", "baseline", "retriever", "replay")  # by atomic_dir, as a whole
@@ -372,3 +377,17 @@ def read_json(path: str | os.PathLike, what: str = "file") -> dict:
     if not isinstance(obj, dict):
         raise DRError(f"{what} {path} does not hold a JSON object")
     return obj
+
+
+def read_npz(path: str | os.PathLike, what: str) -> dict:
+    """Every array of an ``.npz`` file (no pickles); a missing or corrupt file is one DRError
+    naming ``what`` (e.g. "data set data/ml1m")."""
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+    except FileNotFoundError:
+        raise DRError(f"{what} has no {Path(path).name}") from None
+    except Exception as e:  # zipfile / value errors from a corrupt file
+        raise DRError(f"{what}: {Path(path).name} is corrupt ({e})") from None
