@@ -83,3 +83,21 @@ def test_cosine_model_fast_path_equals_the_torch_path(data):
     np.testing.assert_allclose(scores, want_scores, rtol=1e-5, atol=1e-6)
     assert np.all(np.abs(scores[np.isfinite(scores)]) <= 1 + 1e-5)  # cosines
     np.testing.assert_array_equal(ids[:, 0], want_ids[:, 0])
+
+
+@pytest.mark.parametrize("B", [0, -3, 1.5, True])
+def test_api_refuses_a_bad_beam(data, B):
+    from deep_retrieval.errors import DRError
+
+    model = DeepRetrieval(tiny_config()).fit(data, log=lambda _: None)
+    with pytest.raises(DRError, match="beam size"):
+        model.recommend([[1, 2]], 3, B=B)
+    with pytest.raises(DRError, match="beam size"):
+        model.beam_search([[1, 2]], B=B)
+
+
+def test_api_fit_refuses_what_is_not_a_dataset(tmp_path):
+    from deep_retrieval.errors import DRError
+
+    with pytest.raises(DRError, match="takes a Dataset"):
+        DeepRetrieval(tiny_config()).fit(str(tmp_path))

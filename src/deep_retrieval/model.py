@@ -33,7 +33,7 @@ from .artifacts import atomic_dir, read_json
 from .beam import beam_search
 from .config import Config
 from .data.dataset import Dataset, Ragged, as_ragged
-from .errors import DRError
+from .errors import DRError, InvalidInputError
 from .mstep import ScoreTable
 from .net import SPARSE_FROM_ITEMS, DRNet, uses_sparse_embeddings
 from .paths import PathIndex
@@ -142,7 +142,7 @@ class DeepRetrieval(Recommender):
         ``device``: replaces ``config.train.device`` ("auto", "cpu", "cuda", "cuda:N").
         """
         if not isinstance(dataset, Dataset):
-            raise DRError(f"fit() takes a Dataset (Dataset.load(dir) or prepare(...)), "
+            raise InvalidInputError(f"fit() takes a Dataset (Dataset.load(dir) or prepare(...)), "
                           f"not {type(dataset).__name__}")
         if resume is not None:
             state = load_checkpoint(resume, dataset, device)
@@ -282,7 +282,7 @@ class DeepRetrieval(Recommender):
         if B is None:
             return self.config.beam.B
         if isinstance(B, bool) or not isinstance(B, int | np.integer) or B < 1:
-            raise DRError(f"beam size B must be an integer >= 1, got {B!r}")
+            raise InvalidInputError(f"beam size B must be an integer >= 1, got {B!r}")
         return int(B)
 
     def as_recommenders(self, with_hnsw: bool = False) -> dict[str, Recommender]:
