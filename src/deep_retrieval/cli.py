@@ -295,6 +295,55 @@ def configs() -> None:
             click.echo(f"{f.name[:-5]:24s} {first}")
 
 
+# ---------------------------------------------------------------------------- tune
+@cli.command()
+@click.argument("data")
+@click.option("--config", default=None,
+              help="The base config: a TOML file or a built-in name (see `dr configs`); defaults otherwise.")
+@click.option("--set", "overrides", multiple=True, metavar="TABLE.KEY=VALUE",
+              help="Override one value of the base config, e.g. --set train.threads=1 (repeatable).")
+@click.option("--trials", type=click.IntRange(min=1), required=True,
+              help="Finished (complete or pruned) trials the study should hold; a rerun continues to it.")
+@click.option("--metric", default="recall@20", show_default=True,
+              help="NAME@K on the validation users, NAME: recall, ndcg, precision, hit or f1 (maximised).")
+@click.option("--out", required=True,
+              help="Output directory: study.sqlite3, best.toml, trials.md, tune.json. The same command "
+                   "again continues its study (another setup there is refused).")
+@click.option("--space", "space_file", default=None,
+              help='Search space TOML replacing the default: "table.key" = {low=.., high=.., log=true} '
+                   "or {choices=[...]}.")
+@click.option("--timeout", "timeout_minutes", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="Start no new trial after this many minutes (the trial under way finishes).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the TPE sampler (train.seed comes from the base config, the same every trial).")
+@click.option("--exclude-history", is_flag=True, help="Score with the users' history items excluded.")
+@_force_option("dr tune study (start afresh)")
+def tune(data, config, overrides, trials, metric, out, space_file, timeout_minutes, seed, exclude_history,
+         force) -> None:
+    """Search the DR config on the validation users (optuna TPE, the `tune` extra); never reads test users.
+
+    Every trial trains DR with the base config plus sampled values and scores it on the
+    validation users. After each trial OUT/best.toml (for `dr train --config`), trials.md
+    and tune.json are rewritten; an invalid sampled config is a pruned trial.
+    """
+    from tqdm.auto import tqdm
+
+    from .config import load_config
+    from .data.dataset import Dataset
+    from .tune import Space, is_tune_dir, parse_metric, require_optuna, run_tune
+
+    inputs = [data, *(p for p in (space_file, config) if p is not None and Path(p).exists())]
+    _check_out(out, "tune", force or is_tune_dir(out), inputs)  # a tune study there: continued
+    optuna = require_optuna()  # missing: one line naming the extra, before any work
+    parse_metric(metric)
+    base = load_config(config, overrides)
+    space = Space.from_toml(space_file) if space_file is not None else Space.default()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ds = Dataset.load(data)
+    run_tune(ds, base, out, trials, metric, space, seed=seed, timeout_minutes=timeout_minutes,
+             exclude_history=exclude_history, force=force, inputs=inputs, log=tqdm.write)
+
+
 # ---------------------------------------------------------------------------- evaluate
 @cli.command()
 @click.argument("data")
