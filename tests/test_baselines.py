@@ -4,8 +4,18 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from deep_retrieval.baselines import HNSW, BruteForce, ItemCF, Popularity, item_neighbours
-from deep_retrieval.data.dataset import Ragged
+from deep_retrieval.baselines import (
+    ALS,
+    EASE,
+    HNSW,
+    BruteForce,
+    ItemCF,
+    Popularity,
+    RP3beta,
+    ease_weights,
+    item_neighbours,
+)
+from deep_retrieval.data.dataset import Dataset, Ragged, Split
 from deep_retrieval.errors import DRError
 from tests.test_contract import synthetic_dataset
 
@@ -144,3 +154,151 @@ def test_load_wrong_kind_is_a_dr_error(tmp_path):
         ItemCF.load(tmp_path / "pop")
     with pytest.raises(DRError, match="not found"):
         Popularity.load(tmp_path / "missing")
+
+
+# ------------------------------------------------------------------ tiny hand-computed cases
+# 4 users x 5 items; item 0: users {0, 1}, 1: {0, 2}, 2: {1, 2}, 3: {2, 3}, 4: {3}
+TINY = np.array(
+    [[1, 1, 0, 0, 0],
+     [1, 0, 1, 0, 0],
+     [0, 1, 1, 1, 0],
+     [0, 0, 0, 1, 1]], dtype=np.float64)  # fmt: skip
+
+
+def tiny_dataset(X: np.ndarray = TINY) -> Dataset:
+    rows = Ragged.from_lists([np.flatnonzero(r) for r in X])
+    hist = Ragged.from_lists([[0, 4], [2], []])
+    split = Split(np.arange(3), hist, Ragged.from_lists([[1], [3], [0]]))
+    n_train = len(X)
+    return Dataset(
+        item_ids=np.arange(X.shape[1]), user_ids=np.arange(n_train), train=rows,
+        train_users=np.arange(n_train), val=split, test=split,
+    )  # fmt: skip
+
+
+def test_item_cf_shrink_by_hand():
+    rec = ItemCF(neighbours=10, shrink=1.0).fit(tiny_dataset())
+    W = rec.sim.toarray()
+    # |U_i ∩ U_j| / (sqrt(n_i n_j) + 1); n = (2, 2, 2, 2, 1)
+    assert W[0, 1] == pytest.approx(1 / 3) and W[1, 3] == pytest.approx(1 / 3)
+    assert W[3, 4] == pytest.approx(1 / (np.sqrt(2) + 1)) and W[4, 3] == W[3, 4]
+    assert W[0, 3] == 0 and W[0, 0] == 0
+    assert np.count_nonzero(W) == 12  # 6 co-occurring pairs, both directions
+
+
+def test_rp3beta_by_hand():
+    # alpha 1, beta 0: W[i, j] = 1/n_i * sum over common users of 1/|I_u|; |I_u| = (2, 2, 3, 2)
+    q, s = 1 / 4, 1 / 6
+    expected = np.array(
+        [[0, q, q, 0, 0],
+         [q, 0, s, s, 0],
+         [q, s, 0, s, 0],
+         [0, s, s, 0, q],
+         [0, 0, 0, 1 / 2, 0]])  # fmt: skip
+    rec = RP3beta(alpha=1.0, beta=0.0, neighbours=10).fit(tiny_dataset())
+    np.testing.assert_allclose(rec.sim.toarray(), expected, rtol=1e-6)
+    ids, scores = rec.recommend([[0, 4]], 5)  # W[0] + W[4] = (0, 1/4, 1/4, 1/2, 0)
+    np.testing.assert_array_equal(ids[0], [3, 1, 2, -1, -1])
+    np.testing.assert_allclose(scores[0, :3], [1 / 2, 1 / 4, 1 / 4], rtol=1e-6)
+    # two neighbours: row 1 keeps 1/4 (item 0) and, of the tie 1/6, the lower item 2
+    W2 = RP3beta(alpha=1.0, beta=0.0, neighbours=2).fit(tiny_dataset()).sim.toarray()
+    np.testing.assert_allclose(W2[1], [q, 0, s, 0, 0], rtol=1e-6)
+    # beta divides by popularity^beta of the destination; normalize makes rows sum to one
+    Wb = RP3beta(alpha=1.0, beta=0.5, neighbours=10, normalize=True).fit(tiny_dataset()).sim.toarray()
+    ref = expected / np.array([2, 2, 2, 2, 1]) ** 0.5
+    np.testing.assert_allclose(Wb, ref / ref.sum(axis=1, keepdims=True), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("alpha", "beta"), [(0.5, 0.3), (0.8, 0.0), (1.3, 0.7)])
+def test_rp3beta_equals_dense_random_walk(alpha, beta):
+    ds = synthetic_dataset(seed=6, n_items=15, n_train=30)
+    X = np.zeros((len(ds.train), ds.n_items))
+    X[ds.train.row_ids(), ds.train.values] = 1
+    P_ui = X / np.maximum(X.sum(1, keepdims=True), 1)  # user -> item
+    P_iu = X.T / np.maximum(X.sum(0)[:, None], 1)  # item -> user
+    pop = np.maximum(X.sum(0), 1)
+    ref = (P_iu**alpha @ P_ui**alpha) / pop[None, :] ** beta
+    np.fill_diagonal(ref, 0)
+    W = RP3beta(alpha, beta, neighbours=100).fit(ds).sim.toarray()
+    np.testing.assert_allclose(W, ref, rtol=1e-5)
+
+
+def dense_ease(X: np.ndarray, l2: float) -> np.ndarray:
+    P = np.linalg.inv(X.T @ X + l2 * np.eye(X.shape[1]))
+    B = np.eye(X.shape[1]) - P / np.diag(P)[None, :]  # I - P diag(1 / diag(P))
+    np.fill_diagonal(B, 0)
+    return B
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_ease_equals_dense_formula(dtype):
+    for X, l2 in ((TINY, 1.0), (TINY, 30.0)):
+        rec = EASE(l2=l2, dtype=dtype).fit(tiny_dataset(X))
+        np.testing.assert_allclose(rec.B, dense_ease(X, l2), rtol=1e-4, atol=1e-6)
+    ds = synthetic_dataset(seed=7, n_items=15, n_train=30)
+    X = np.zeros((len(ds.train), ds.n_items))
+    X[ds.train.row_ids(), ds.train.values] = 1
+    rec = EASE(l2=5.0, dtype=dtype).fit(ds)
+    B = dense_ease(X, 5.0)
+    np.testing.assert_allclose(rec.B, B, rtol=1e-4, atol=1e-6)
+    hist = ds.test.hist
+    ids, scores = rec.recommend(hist, ds.n_items)
+    for u in range(len(hist)):
+        s = B[np.unique(hist[u])].sum(axis=0)
+        np.testing.assert_allclose(scores[u], s[ids[u]], rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(scores[u], np.sort(s)[::-1], rtol=1e-4, atol=1e-5)
+
+
+def test_ease_block_symmetrisation_matches():
+    ds = synthetic_dataset(seed=8, n_items=23, n_train=40)
+    X = _binary(ds)
+    np.testing.assert_allclose(ease_weights(X, 3.0, np.float64, block=4), dense_ease(X.toarray(), 3.0),
+                               rtol=1e-9, atol=1e-12)
+
+
+def _binary(ds):
+    X = sp.csr_matrix((np.ones(len(ds.train.values)), (ds.train.row_ids(), ds.train.values)),
+                      shape=(len(ds.train), ds.n_items))
+    X.data[:] = 1
+    return X
+
+
+def test_ease_refuses_a_large_catalogue():
+    with pytest.raises(DRError, match="max_items 4"):
+        EASE(max_items=4).fit(tiny_dataset())
+    with pytest.raises(DRError, match="l2 > 0"):
+        EASE(l2=0)
+
+
+def test_als_fold_in_equals_least_squares():
+    pytest.importorskip("implicit")
+    ds = synthetic_dataset(seed=9, n_items=20, n_train=50)
+    rec = ALS(factors=6, regularization=0.1, alpha=3.0, iterations=5).fit(ds)
+    Y = rec.exact.item_emb.astype(np.float64)  # (V, f)
+    hist = ds.test.hist
+    ids, scores = rec.recommend(hist, ds.n_items)
+    for u in range(len(hist)):
+        c = np.ones(ds.n_items)  # implicit's confidence: alpha on observed pairs, 1 elsewhere
+        p = np.zeros(ds.n_items)
+        c[hist[u]], p[hist[u]] = 3.0, 1.0
+        x = np.linalg.solve(Y.T @ (c[:, None] * Y) + 0.1 * np.eye(6), Y.T @ (c * p))
+        s = Y @ x
+        np.testing.assert_allclose(scores[u], s[ids[u]], rtol=1e-3, atol=1e-4)
+        np.testing.assert_allclose(scores[u], np.sort(s)[::-1], rtol=1e-3, atol=1e-4)
+
+
+def test_als_without_implicit_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "implicit", None)
+    monkeypatch.setitem(sys.modules, "implicit.cpu.als", None)
+    with pytest.raises(DRError, match=r"pip install 'deep-retrieval\[als\]'"):
+        ALS().fit(tiny_dataset())
+
+
+def test_score_items_rejects_bad_candidates():
+    rec = RP3beta().fit(tiny_dataset())
+    with pytest.raises(DRError, match="one row per user"):
+        rec.score_items([[0], [1]], Ragged.from_lists([[1]]))
+    with pytest.raises(DRError, match="outside"):
+        rec.score_items([[0]], Ragged.from_lists([[5]]))
+    with pytest.raises(DRError, match="cannot score a candidate subset"):
+        Popularity().fit(tiny_dataset()).score_items([[0]], Ragged.from_lists([[1]]))

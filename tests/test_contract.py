@@ -8,8 +8,10 @@ The fitted recommender is a class-scoped fixture (one fit per class).
 import numpy as np
 import pytest
 
-from deep_retrieval.baselines import HNSW, BruteForce, ItemCF, Popularity
+from deep_retrieval.baselines import ALS, EASE, HNSW, BruteForce, ItemCF, Popularity, RP3beta
 from deep_retrieval.data.dataset import Dataset, Ragged, Split
+from deep_retrieval.errors import DRError
+from deep_retrieval.recommender import Recommender
 
 N_ITEMS = 40
 
@@ -127,6 +129,33 @@ class RecommenderContract:
         assert scored.shape == (len(hist),)
         assert np.all(scored >= 0)
 
+    def test_score_items_equals_ranking_scores(self, rec, hist, dataset):
+        """Scoring every item gives the scores ``recommend`` ranks; a shuffled subset the same values."""
+        V, n = dataset.n_items, len(hist)
+        every = Ragged.from_lists([np.arange(V)] * n)
+        if type(rec).score_items is Recommender.score_items:  # optional: says so when absent
+            with pytest.raises(DRError, match="cannot score"):
+                rec.score_items(hist, every)
+            return
+        out = rec.score_items(hist, every)
+        assert out.values.dtype == np.float32
+        np.testing.assert_array_equal(out.offsets, every.offsets)
+        np.testing.assert_array_equal(rec.last_items_scored, np.full(n, V))
+        full = out.values.reshape(n, V)  # (n, V)
+        ids, scores = rec.recommend(hist, V)
+        ok = ids >= 0
+        np.testing.assert_allclose(np.take_along_axis(full, np.maximum(ids, 0), 1)[ok], scores[ok],
+                                   rtol=1e-5, atol=1e-6)
+        for u in range(n):  # items left out of the ranking score no better than the last one ranked
+            rest = np.setdiff1d(np.arange(V), ids[u][ok[u]])
+            if len(rest) and ok[u].any():
+                assert full[u, rest].max() <= scores[u][ok[u]][-1] + 1e-6
+        rng = np.random.default_rng(0)
+        subset = Ragged.from_lists([rng.permutation(V)[: rng.integers(0, 6)] for _ in range(n)])
+        part = rec.score_items(hist.to_lists(), subset)
+        np.testing.assert_array_equal(part.offsets, subset.offsets)
+        np.testing.assert_allclose(part.values, full[subset.row_ids(), subset.values], rtol=1e-5, atol=1e-6)
+
 
 class TestPopularityContract(RecommenderContract):
     def make(self, dataset):
@@ -135,7 +164,23 @@ class TestPopularityContract(RecommenderContract):
 
 class TestItemCFContract(RecommenderContract):
     def make(self, dataset):
-        return ItemCF(neighbours=10)
+        return ItemCF(neighbours=10, shrink=2.0)
+
+
+class TestRP3betaContract(RecommenderContract):
+    def make(self, dataset):
+        return RP3beta(alpha=0.7, beta=0.3, neighbours=10, normalize=True)
+
+
+class TestEASEContract(RecommenderContract):
+    def make(self, dataset):
+        return EASE(l2=10.0)
+
+
+class TestALSContract(RecommenderContract):
+    def make(self, dataset):
+        pytest.importorskip("implicit")
+        return ALS(factors=8, regularization=0.1, alpha=5.0, iterations=5)
 
 
 def item_embeddings(dataset: Dataset) -> np.ndarray:

@@ -45,7 +45,7 @@ def test_writes_every_method_for_every_seed(setup, tmp_path):
     out = run(exp, setup, tmp_path, log=lambda _: None)
     saved = json.loads((tmp_path / "tiny" / "results.json").read_text())
     assert saved["summary"] == out["summary"]
-    methods = {"item-cf", "popularity", "youtube-dnn", "dr", "dr-exact", "hnsw"}
+    methods = {"item-cf", "rp3beta", "ease", "popularity", "youtube-dnn", "dr", "dr-exact", "hnsw"}
     assert set(out["summary"]) == methods
     assert [r["seed"] for r in out["runs"]] == [None, 0, 1]
     for method in ("dr", "youtube-dnn"):

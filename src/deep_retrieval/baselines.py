@@ -1,21 +1,26 @@
-"""Baselines behind the one recommender contract: popularity, Item-CF, brute force, HNSW.
+"""Baselines behind the one recommender contract.
+
+Popularity; the item-item models Item-CF (cosine), RP3beta and EASE; ALS from ``implicit``
+(the ``als`` extra); brute force and HNSW over given item embeddings.
 
 Every class here honours ``Recommender`` (see ``recommender.py``): ``recommend`` returns
 ``(n, k)`` int64 ids padded with -1 and ``(n, k)`` float32 scores padded with -inf, sorted
 by score; with ``exclude_history=True`` no history item is ever returned. Each saves to a
 directory (written atomically) holding ``recommender.json`` plus arrays without pickles.
+Item-CF, RP3beta, EASE, ALS and brute force also score a candidate subset (``score_items``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Self
+from typing import ClassVar, Self
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from safetensors.numpy import load_file, save_file
+from scipy.linalg import get_lapack_funcs
 
 from .artifacts import atomic_dir, atomic_write_json, read_json
 from .data.dataset import Dataset, Ragged, as_ragged
@@ -24,6 +29,7 @@ from .recommender import Recommender, mask_history_, pairs_in_history, topk_padd
 
 META = "recommender.json"
 FAISS_MISSING = "hnsw needs the `ann` extra: pip install 'deep-retrieval[ann]'"
+IMPLICIT_MISSING = "als needs the `als` extra (the implicit library): pip install 'deep-retrieval[als]'"
 
 
 # ------------------------------------------------------------------ helpers
@@ -116,6 +122,32 @@ def _load_npz(file: Path) -> dict[str, np.ndarray]:
         raise DRError(f"{file} is corrupt ({e})") from None
 
 
+def _check_candidates(hist: Ragged, items: Ragged, n_items: int) -> None:
+    if len(items) != len(hist):
+        raise DRError(f"{len(items)} candidate rows for {len(hist)} histories: give one row per user")
+    v = items.values
+    if len(v) and (v.min() < 0 or v.max() >= n_items):
+        raise DRError(f"candidate items outside [0, {n_items})")
+
+
+def _load_safetensors(file: Path, key: str) -> np.ndarray:
+    if not file.is_file():
+        raise DRError(f"{file} not found")
+    try:
+        return load_file(str(file))[key]
+    except Exception as e:  # safetensors raises its own errors on a corrupt file
+        raise DRError(f"{file} is corrupt ({e})") from None
+
+
+def _import_implicit():
+    try:
+        from implicit.cpu.als import AlternatingLeastSquares
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise DRError(IMPLICIT_MISSING) from None
+    return AlternatingLeastSquares, threadpool_limits
+
+
 def _import_faiss():
     try:
         import faiss
@@ -164,7 +196,7 @@ class Popularity(Recommender):
     def save(self, path) -> None:
         if self.counts is None:
             raise DRError("popularity recommender is not fitted")
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, "baseline") as tmp:
             np.savez(tmp / "counts.npz", counts=self.counts)
             atomic_write_json(tmp / META, {"name": self.name, "n_items": len(self.counts)})
 
@@ -174,33 +206,39 @@ class Popularity(Recommender):
         return cls()._set_counts(_load_npz(Path(path) / "counts.npz")["counts"])
 
 
-# ------------------------------------------------------------------ item-cf
-def item_neighbours(
-    X: sp.csr_matrix, neighbours: int, shrink: float = 0.0, block_work: int = 1 << 22
+# ------------------------------------------------------------------ item-item models
+def _top_similarities(
+    X: sp.csr_matrix,
+    neighbours: int,
+    weigh: Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray],
+    user_weight: np.ndarray | None = None,
+    block_work: int = 1 << 22,
 ) -> sp.csr_matrix:
-    """Top-``neighbours`` cosine neighbours of every item, as a (V, V) float32 CSR.
+    """Top-``neighbours`` of ``weigh(X^T diag(user_weight) X)`` per item row, as a (V, V) float32 CSR.
 
-    ``X`` is the binary (users, V) matrix. ``sim[i, j] = |U_i ∩ U_j| / (sqrt(n_i n_j) +
-    shrink)`` for i != j, computed in blocks of item rows whose product work (the sum of
-    the lengths of their users' rows) is about ``block_work``, so no dense V x V matrix is
-    ever built. Row i keeps its ``neighbours`` largest similarities, compared as the
-    float32 values stored (ties: lower j first).
+    ``X`` is the binary (users, V) matrix. For each block of item rows i, the co-occurrence
+    ``C[i, j] = sum over users u of i and j of user_weight[u]`` (1 when no weight) is computed
+    sparse, then ``weigh(C values, i, j)`` gives the similarities; the diagonal and values
+    <= 0 are dropped and row i keeps its ``neighbours`` largest, compared as the float32
+    values stored (ties: lower j first). Blocks hold about ``block_work`` product work (the
+    sum of the lengths of their users' rows), so no dense V x V matrix is ever built.
     """
     X = sp.csr_matrix(X, dtype=np.float32)
     V = X.shape[1]
     XT = X.T.tocsr()  # (V, U)
-    norm = np.sqrt(np.diff(XT.indptr).astype(np.float64))  # (V,) sqrt(users per item)
+    Xw = X if user_weight is None else sp.diags(user_weight.astype(np.float32)) @ X  # (U, V)
+    Xw = sp.csr_matrix(Xw, dtype=np.float32)
     work = np.cumsum(XT @ np.diff(X.indptr).astype(np.float64))  # (V,) cumulative product work
     counts_out, cols_out, sims_out = [], [], []  # per block: kept per row, columns, values
     lo = 0
     while lo < V:
         done = work[lo - 1] if lo else 0.0
         hi = max(lo + 1, int(np.searchsorted(work, done + block_work, side="right")))
-        C = (XT[lo:hi] @ X).tocsr()  # (hi - lo, V) co-occurrence counts, exact in float32
+        C = (XT[lo:hi] @ Xw).tocsr()  # (hi - lo, V) weighted co-occurrence
         C.sort_indices()  # columns ascending within a row: ties below go to the lower item
         rows = np.repeat(np.arange(hi - lo, dtype=np.int64), np.diff(C.indptr))  # local rows
         cols = C.indices.astype(np.int64)
-        sim = (C.data / (norm[lo + rows] * norm[cols] + shrink)).astype(np.float32)
+        sim = weigh(C.data, lo + rows, cols).astype(np.float32)
         off = (lo + rows != cols) & (sim > 0)
         rows, cols, sim = rows[off], cols[off], sim[off]
         order, rank = _rank_in_rows(rows, sim, hi - lo)
@@ -218,33 +256,104 @@ def item_neighbours(
     return W
 
 
-class ItemCF(Recommender):
-    """Item-based collaborative filtering (the paper's Item-CF row).
+def item_neighbours(
+    X: sp.csr_matrix, neighbours: int, shrink: float = 0.0, block_work: int = 1 << 22
+) -> sp.csr_matrix:
+    """Top-``neighbours`` cosine neighbours of every item, as a (V, V) float32 CSR.
 
-    ``fit`` keeps the top ``neighbours`` cosine neighbours of each item (see
-    ``item_neighbours``); a user's score for item j is the sum of ``sim[i, j]`` over the
-    distinct items i of its history. Only items with a positive score are recommended,
-    so a row can be shorter than k (padded); ``last_items_scored`` is that candidate count.
+    ``X`` is the binary (users, V) matrix. ``sim[i, j] = |U_i ∩ U_j| / (sqrt(n_i n_j) +
+    shrink)`` for i != j (n_i = users of item i); see ``_top_similarities`` for the top-N.
+    """
+    norm = np.sqrt(np.asarray(X.sum(axis=0), dtype=np.float64).ravel())  # (V,) sqrt(n_i)
+    return _top_similarities(
+        X, neighbours, lambda c, i, j: c / (norm[i] * norm[j] + shrink), block_work=block_work
+    )
+
+
+def rp3beta_neighbours(
+    X: sp.csr_matrix,
+    alpha: float,
+    beta: float,
+    neighbours: int,
+    normalize: bool = False,
+    block_work: int = 1 << 22,
+) -> sp.csr_matrix:
+    """RP3beta's item-item matrix (Paudel et al. 2016, as in Dacrema et al. 2019's code), (V, V) CSR.
+
+    ``W[i, j] = sum over users u of i and j of P_iu^alpha P_uj^alpha / n_j^beta`` with the
+    random-walk steps P_iu = 1 / n_i (item -> user) and P_uj = 1 / |I_u| (user -> item),
+    n_i = users of item i: ``W[i, j] = n_i^-alpha n_j^-beta sum_u |I_u|^-alpha``. Zero
+    diagonal, the top ``neighbours`` per row kept, then each row divided by its sum when
+    ``normalize``.
+    """
+    n_item = np.asarray(X.sum(axis=0), dtype=np.float64).ravel()  # (V,) users per item
+    n_user = np.diff(sp.csr_matrix(X).indptr).astype(np.float64)  # (U,) items per user
+    safe = np.maximum(n_item, 1.0)
+    left, right = safe**-alpha, safe**-beta  # (V,) each
+
+    W = _top_similarities(
+        X,
+        neighbours,
+        lambda c, i, j: c * left[i] * right[j],
+        user_weight=np.maximum(n_user, 1.0) ** -alpha,
+        block_work=block_work,
+    )
+    if normalize:
+        sums = np.asarray(W.sum(axis=1), dtype=np.float64).ravel()  # (V,)
+        W = sp.csr_matrix(sp.diags(1.0 / np.maximum(sums, 1e-30)) @ W, dtype=np.float32)
+        W.sort_indices()
+    return W
+
+
+def _lookup(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(m,) float32 ``S[rows[j], cols[j]]`` of a CSR matrix with sorted indices (0 where absent)."""
+    V = S.shape[1]
+    keys = np.repeat(np.arange(S.shape[0], dtype=np.int64), np.diff(S.indptr)) * V + S.indices  # sorted
+    want = rows.astype(np.int64) * V + cols
+    out = np.zeros(len(want), dtype=np.float32)
+    if len(keys):
+        pos = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
+        hit = keys[pos] == want
+        out[hit] = S.data[pos[hit]]
+    return out
+
+
+class _SparseItemItem(Recommender):
+    """A user's score for item j is the sum of ``sim[i, j]`` over the distinct items i of
+    its history, ``sim`` a sparse (V, V) matrix built by ``_similarities``.
+
+    Only items with a positive score are recommended, so a row can be shorter than k
+    (padded); ``last_items_scored`` is that candidate count. ``PARAMS`` name the
+    constructor arguments saved in ``recommender.json``.
     """
 
-    name = "item-cf"
+    PARAMS: ClassVar[tuple[str, ...]] = ()
+    batch_size = 1024
 
-    def __init__(self, neighbours: int = 200, shrink: float = 0.0, batch_size: int = 1024):
-        if neighbours < 1:
-            raise DRError(f"item-cf needs neighbours >= 1, got {neighbours}")
-        self.neighbours = int(neighbours)
-        self.shrink = float(shrink)
-        self.batch_size = int(batch_size)
+    def __init__(self) -> None:
         self.sim: sp.csr_matrix | None = None  # (V, V) top neighbours per row
+
+    def _similarities(self, X: sp.csr_matrix) -> sp.csr_matrix:
+        raise NotImplementedError
 
     def fit(self, dataset: Dataset) -> Self:
         X = _binary_matrix(dataset.train, dataset.n_items)  # (train users, V)
-        self.sim = item_neighbours(X, self.neighbours, self.shrink)
+        self.sim = self._similarities(X)
         return self
 
-    def recommend(self, histories, k: int, exclude_history: bool = False):
+    def _fitted(self) -> sp.csr_matrix:
         if self.sim is None:
-            raise DRError("item-cf recommender is not fitted")
+            raise DRError(f"{self.name} recommender is not fitted")
+        return self.sim
+
+    def _scores(self, h: Ragged) -> sp.csr_matrix:
+        """(b, V) CSR of the users' scores, sorted indices, explicit entries = candidates."""
+        S = (_binary_matrix(h, self.sim.shape[0]) @ self.sim).tocsr()
+        S.sort_indices()
+        return S
+
+    def recommend(self, histories, k: int, exclude_history: bool = False):
+        self._fitted()
         hist = as_ragged(histories)
         n, V = len(hist), self.sim.shape[0]
         _check_request(hist, V, k)
@@ -253,8 +362,7 @@ class ItemCF(Recommender):
         scored = np.zeros(n, dtype=np.int64)
         for lo in range(0, n, self.batch_size):
             h = hist.take(np.arange(lo, min(n, lo + self.batch_size)))
-            S = (_binary_matrix(h, V) @ self.sim).tocsr()  # (b, V) candidate scores
-            S.sort_indices()  # ties below go to the lower item
+            S = self._scores(h)  # (b, V) candidate scores; ties below go to the lower item
             rows = np.repeat(np.arange(len(h), dtype=np.int64), np.diff(S.indptr))
             cols = S.indices.astype(np.int64)
             vals = S.data
@@ -271,18 +379,27 @@ class ItemCF(Recommender):
         self.last_items_scored = scored
         return ids, scores
 
+    def score_items(self, histories, items) -> Ragged:
+        """The scores of ``items[u]`` for user u (0 for an item nobody in the history points to)."""
+        self._fitted()
+        hist, items = as_ragged(histories), as_ragged(items)
+        V = self.sim.shape[0]
+        _check_request(hist, V, 1)
+        _check_candidates(hist, items, V)
+        out = np.zeros(len(items.values), dtype=np.float32)
+        for lo in range(0, len(hist), self.batch_size):
+            rows = np.arange(lo, min(len(hist), lo + self.batch_size))
+            c = items.take(rows)
+            S = self._scores(hist.take(rows))  # (b, V)
+            out[items.offsets[lo] : items.offsets[rows[-1] + 1]] = _lookup(S, c.row_ids(), c.values)
+        self.last_items_scored = items.lengths.copy()
+        return Ragged(out, items.offsets.copy())
+
     def save(self, path) -> None:
-        if self.sim is None:
-            raise DRError("item-cf recommender is not fitted")
-        W = self.sim
-        with atomic_dir(path) as tmp:
+        W = self._fitted()
+        with atomic_dir(path, "baseline") as tmp:
             np.savez(tmp / "neighbours.npz", indptr=W.indptr, indices=W.indices, data=W.data)
-            meta = {
-                "name": self.name,
-                "n_items": W.shape[0],
-                "neighbours": self.neighbours,
-                "shrink": self.shrink,
-            }
+            meta = {"name": self.name, "n_items": W.shape[0], **{p: getattr(self, p) for p in self.PARAMS}}
             atomic_write_json(tmp / META, meta)
 
     @classmethod
@@ -290,9 +407,272 @@ class ItemCF(Recommender):
         meta = _read_meta(path, cls.name)
         a = _load_npz(Path(path) / "neighbours.npz")
         V = int(meta["n_items"])
-        rec = cls(int(meta["neighbours"]), float(meta.get("shrink", 0.0)))
+        rec = cls(**{p: meta[p] for p in cls.PARAMS if p in meta})
         rec.sim = sp.csr_matrix((a["data"], a["indices"], a["indptr"]), shape=(V, V))
         return rec
+
+
+class ItemCF(_SparseItemItem):
+    """Item-based collaborative filtering (the paper's Item-CF row): the top ``neighbours``
+    cosine neighbours of each item, with ``shrink`` added to the denominator (see
+    ``item_neighbours``); scores as in ``_SparseItemItem``.
+    """
+
+    name = "item-cf"
+    PARAMS = ("neighbours", "shrink")
+
+    def __init__(self, neighbours: int = 200, shrink: float = 0.0, batch_size: int = 1024):
+        super().__init__()
+        if neighbours < 1:
+            raise DRError(f"item-cf needs neighbours >= 1, got {neighbours}")
+        if shrink < 0:
+            raise DRError(f"item-cf needs shrink >= 0, got {shrink}")
+        self.neighbours = int(neighbours)
+        self.shrink = float(shrink)
+        self.batch_size = int(batch_size)
+
+    def _similarities(self, X):
+        return item_neighbours(X, self.neighbours, self.shrink)
+
+
+class RP3beta(_SparseItemItem):
+    """RP3beta (Paudel et al. 2016): a 3-step random walk item -> user -> item, each step's
+    probability raised to ``alpha``, divided by the destination's popularity^``beta``;
+    the top ``neighbours`` per item kept (rows summing to one when ``normalize``). See
+    ``rp3beta_neighbours``; scores as in ``_SparseItemItem``.
+    """
+
+    name = "rp3beta"
+    PARAMS = ("alpha", "beta", "neighbours", "normalize")
+
+    def __init__(
+        self,
+        alpha: float = 1.0,
+        beta: float = 0.5,
+        neighbours: int = 200,
+        normalize: bool = False,
+        batch_size: int = 1024,
+    ):
+        super().__init__()
+        if neighbours < 1:
+            raise DRError(f"rp3beta needs neighbours >= 1, got {neighbours}")
+        if alpha <= 0:
+            raise DRError(f"rp3beta needs alpha > 0, got {alpha}")
+        self.alpha, self.beta = float(alpha), float(beta)
+        self.neighbours = int(neighbours)
+        self.normalize = bool(normalize)
+        self.batch_size = int(batch_size)
+
+    def _similarities(self, X):
+        return rp3beta_neighbours(X, self.alpha, self.beta, self.neighbours, self.normalize)
+
+
+# ------------------------------------------------------------------ EASE
+def ease_weights(X: sp.csr_matrix, l2: float, dtype=np.float32, block: int = 2048) -> np.ndarray:
+    """EASE's dense (V, V) item-item matrix (Steck 2019): ``B = I - P diag(1 / diag(P))``,
+    ``P = (X^T X + l2 I)^-1``, so ``B[i, j] = -P[i, j] / P[j, j]`` and ``diag(B) = 0``.
+
+    One V x V array of ``dtype`` is allocated (V^2 x 4 bytes in float32: 2.5 GB at 25k
+    items) and everything happens in it: the Gram matrix in row blocks, LAPACK's Cholesky
+    (potrf) and inverse (potri) in place, the symmetrisation in blocks, the column scaling.
+    """
+    X = sp.csr_matrix(X, dtype=dtype)
+    V = X.shape[1]
+    XT = X.T.tocsr()  # (V, U)
+    G = np.empty((V, V), dtype=dtype)
+    for lo in range(0, V, block):
+        G[lo : lo + block] = (XT[lo : lo + block] @ X).toarray()  # (block, V) co-occurrence
+    G[np.diag_indices(V)] += l2
+    A = G.T  # Fortran-ordered view of the symmetric G: LAPACK works in place
+    potrf, potri = get_lapack_funcs(("potrf", "potri"), (A,))
+    c, info = potrf(A, lower=True, overwrite_a=True, clean=False)
+    if info != 0:
+        raise DRError(f"ease: X^T X + l2 I is not positive definite (l2 = {l2}); use a larger l2")
+    P, info = potri(c, lower=True, overwrite_c=True)  # lower triangle of the inverse
+    if info != 0:
+        raise DRError(f"ease: inverting X^T X + l2 I failed (l2 = {l2}); use a larger l2")
+    for lo in range(0, V, block):  # copy the lower triangle onto the upper one
+        hi = min(V, lo + block)
+        D = P[lo:hi, lo:hi]
+        D[:] = np.tril(D) + np.tril(D, -1).T
+        P[lo:hi, hi:] = P[hi:, lo:hi].T
+    B = P.T  # C-ordered (P is Fortran-ordered) and equal to P, now symmetric: no copy
+    B /= -np.diag(B).copy()[None, :]  # column j divided by -P[j, j]
+    B[np.diag_indices(V)] = 0.0
+    return B
+
+
+class EASE(Recommender):
+    """EASE (Steck 2019): a dense item-item matrix ``B`` from one closed-form ridge regression
+    (see ``ease_weights``); a user's score for item j is the sum of ``B[i, j]`` over the
+    distinct items i of its history. Every item is scored (``last_items_scored`` = V).
+
+    The inverse of a dense V x V matrix: memory V^2 x 4 bytes in float32 (the default;
+    float64 doubles it and is only needed for exact comparisons), time O(V^3). ``fit``
+    refuses catalogues above ``max_items``.
+    """
+
+    name = "ease"
+    PARAMS = ("l2", "max_items", "dtype")
+
+    def __init__(self, l2: float = 500.0, max_items: int = 30_000, dtype: str = "float32",
+                 batch_size: int = 256):
+        if l2 <= 0:
+            raise DRError(f"ease needs l2 > 0, got {l2}")
+        if dtype not in ("float32", "float64"):
+            raise DRError(f"ease dtype must be float32 or float64, got {dtype!r}")
+        self.l2, self.max_items, self.dtype = float(l2), int(max_items), dtype
+        self.batch_size = int(batch_size)
+        self.B: np.ndarray | None = None  # (V, V)
+
+    def fit(self, dataset: Dataset) -> Self:
+        V = dataset.n_items
+        if V > self.max_items:
+            raise DRError(
+                f"ease inverts a dense {V} x {V} matrix ({V * V * 4 / 2**30:.1f} GB in float32), "
+                f"above max_items {self.max_items}: raise max_items or leave ease out"
+            )
+        self.B = ease_weights(_binary_matrix(dataset.train, V), self.l2, np.dtype(self.dtype))
+        return self
+
+    def _fitted(self) -> np.ndarray:
+        if self.B is None:
+            raise DRError("ease recommender is not fitted")
+        return self.B
+
+    def _chunks(self, hist: Ragged):
+        """(rows, (b, V) float32 scores) per chunk of at most ~128 MB of scores."""
+        V = self.B.shape[0]
+        chunk = max(1, min(self.batch_size, (1 << 25) // max(V, 1)))
+        for lo in range(0, len(hist), chunk):
+            rows = np.arange(lo, min(len(hist), lo + chunk))
+            h = hist.take(rows)
+            yield rows, np.asarray(_binary_matrix(h, V).astype(self.B.dtype) @ self.B, dtype=np.float32)
+
+    def recommend(self, histories, k: int, exclude_history: bool = False):
+        self._fitted()
+        hist = as_ragged(histories)
+        n, V = len(hist), self.B.shape[0]
+        _check_request(hist, V, k)
+        self.last_items_scored = np.full(n, V, dtype=np.int64)
+        if n == 0:
+            return _empty(k)
+        ids, scores = [], []
+        for rows, s in self._chunks(hist):
+            t = torch.from_numpy(s)  # (b, V)
+            if exclude_history:
+                mask_history_(t, hist.take(rows))
+            i, v = topk_padded(t, k)
+            ids.append(i)
+            scores.append(v)
+        return np.concatenate(ids), np.concatenate(scores)
+
+    def score_items(self, histories, items) -> Ragged:
+        """The scores of ``items[u]`` for user u, the same values ``recommend`` ranks."""
+        self._fitted()
+        hist, items = as_ragged(histories), as_ragged(items)
+        V = self.B.shape[0]
+        _check_request(hist, V, 1)
+        _check_candidates(hist, items, V)
+        out = np.zeros(len(items.values), dtype=np.float32)
+        for rows, s in self._chunks(hist):
+            c = items.take(rows)
+            out[items.offsets[rows[0]] : items.offsets[rows[-1] + 1]] = s[c.row_ids(), c.values]
+        self.last_items_scored = items.lengths.copy()
+        return Ragged(out, items.offsets.copy())
+
+    def save(self, path) -> None:
+        B = self._fitted()
+        with atomic_dir(path, "baseline") as tmp:
+            np.savez(tmp / "weights.npz", B=B)
+            meta = {"name": self.name, "n_items": B.shape[0], **{p: getattr(self, p) for p in self.PARAMS}}
+            atomic_write_json(tmp / META, meta)
+
+    @classmethod
+    def load(cls, path) -> Self:
+        meta = _read_meta(path, cls.name)
+        rec = cls(**{p: meta[p] for p in cls.PARAMS})
+        rec.B = _load_npz(Path(path) / "weights.npz")["B"]
+        return rec
+
+
+# ------------------------------------------------------------------ ALS (implicit)
+class ALS(Recommender):
+    """Implicit-feedback ALS (Hu, Koren & Volinsky 2008) from the ``implicit`` library (the
+    ``als`` extra), on the binary training matrix; implicit's confidence convention: weight
+    ``alpha`` on an observed pair, 1 on the others (preference 1 / 0), ridge ``regularization``.
+
+    The users to score are the history rows, usually not training users: each is folded in
+    by implicit's ``recalculate_user`` (the exact least-squares user step against the fitted
+    item factors), then every item is scored by inner product, as ``BruteForce`` does.
+    """
+
+    name = "als"
+    PARAMS = ("factors", "regularization", "alpha", "iterations", "seed")
+
+    def __init__(self, factors: int = 64, regularization: float = 10.0, alpha: float = 10.0,
+                 iterations: int = 15, seed: int = 0, threads: int = 0):
+        if factors < 1 or iterations < 1:
+            raise DRError(f"als needs factors >= 1 and iterations >= 1, got {factors}, {iterations}")
+        self.factors, self.iterations, self.seed = int(factors), int(iterations), int(seed)
+        self.regularization, self.alpha = float(regularization), float(alpha)
+        self.threads = int(threads)
+        self.model = None  # implicit's AlternatingLeastSquares once fitted or loaded
+        self.exact: BruteForce | None = None  # over the item factors, users folded in
+
+    def _new_model(self):
+        cls, threadpool_limits = _import_implicit()
+        with threadpool_limits(1, "blas"):  # implicit runs its own threads (and warns otherwise)
+            return cls(factors=self.factors, regularization=self.regularization, alpha=self.alpha,
+                       iterations=self.iterations, random_state=self.seed, num_threads=self.threads)
+
+    def _set_items(self, model, item_factors: np.ndarray) -> Self:
+        self.model = model
+        self.exact = BruteForce(item_factors, encode=self._fold_in)
+        return self
+
+    def _fold_in(self, hist: Ragged) -> np.ndarray:
+        """(n, factors) user factors of the history rows (zeros for an empty one)."""
+        X = _binary_matrix(hist, self.exact.n_items)
+        return self.model.recalculate_user(np.arange(len(hist)), X)
+
+    def fit(self, dataset: Dataset) -> Self:
+        model = self._new_model()
+        _, threadpool_limits = _import_implicit()
+        with threadpool_limits(1, "blas"):  # implicit runs its own threads
+            model.fit(_binary_matrix(dataset.train, dataset.n_items), show_progress=False)
+        return self._set_items(model, np.asarray(model.item_factors, dtype=np.float32))
+
+    def _fitted(self) -> BruteForce:
+        if self.exact is None:
+            raise DRError("als recommender is not fitted")
+        return self.exact
+
+    def recommend(self, histories, k: int, exclude_history: bool = False):
+        ids, scores = self._fitted().recommend(histories, k, exclude_history)
+        self.last_items_scored = self.exact.last_items_scored
+        return ids, scores
+
+    def score_items(self, histories, items) -> Ragged:
+        out = self._fitted().score_items(histories, items)
+        self.last_items_scored = self.exact.last_items_scored
+        return out
+
+    def save(self, path) -> None:
+        exact = self._fitted()
+        with atomic_dir(path, "baseline") as tmp:
+            save_file({"item_factors": exact.item_emb}, str(tmp / "item_factors.safetensors"))
+            meta = {"name": self.name, "n_items": exact.n_items, **{p: getattr(self, p) for p in self.PARAMS}}
+            atomic_write_json(tmp / META, meta)
+
+    @classmethod
+    def load(cls, path) -> Self:
+        meta = _read_meta(path, cls.name)
+        rec = cls(**{p: meta[p] for p in cls.PARAMS})
+        emb = _load_safetensors(Path(path) / "item_factors.safetensors", "item_factors")
+        model = rec._new_model()
+        model.item_factors = emb
+        return rec._set_items(model, emb)
 
 
 # ------------------------------------------------------------------ brute force
@@ -367,6 +747,17 @@ class BruteForce(Recommender):
             scores.append(v)
         return np.concatenate(ids), np.concatenate(scores)
 
+    def score_items(self, histories, items) -> Ragged:
+        """The inner products of user u's embedding with ``items[u]``, as ``recommend`` ranks them."""
+        hist, items = as_ragged(histories), as_ragged(items)
+        _check_request(hist, self.n_items, 1)
+        _check_candidates(hist, items, self.n_items)
+        u = self.user_embeddings(hist)  # (n, e)
+        rows = items.row_ids()
+        out = np.einsum("me,me->m", u[rows], self.item_emb[items.values]).astype(np.float32)  # (nnz,)
+        self.last_items_scored = items.lengths.copy()
+        return Ragged(out, items.offsets.copy())
+
     def _meta(self) -> dict:
         return {"name": self.name, "n_items": self.n_items, "dim": int(self.item_emb.shape[1])}
 
@@ -376,21 +767,14 @@ class BruteForce(Recommender):
                 f"{self.name} with a custom encode callable cannot be saved standalone; "
                 "save the model that owns the encoder instead"
             )
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, "baseline") as tmp:
             save_file({"item_emb": self.item_emb}, str(tmp / "item_emb.safetensors"))
             atomic_write_json(tmp / META, self._meta())
 
     @classmethod
     def load(cls, path) -> Self:
         _read_meta(path, cls.name)
-        file = Path(path) / "item_emb.safetensors"
-        if not file.is_file():
-            raise DRError(f"{file} not found")
-        try:
-            emb = load_file(str(file))["item_emb"]
-        except Exception as e:  # safetensors raises its own errors on a corrupt file
-            raise DRError(f"{file} is corrupt ({e})") from None
-        return cls(emb)
+        return cls(_load_safetensors(Path(path) / "item_emb.safetensors", "item_emb"))
 
 
 # ------------------------------------------------------------------ HNSW
@@ -483,7 +867,7 @@ class HNSW(Recommender):
             "ef_construction": self.ef_construction,
             "ef_search": self.ef_search,
         }
-        with atomic_dir(path) as tmp:
+        with atomic_dir(path, "baseline") as tmp:
             faiss.write_index(self.index, str(tmp / "index.faiss"))
             atomic_write_json(tmp / META, meta)
 

@@ -10,18 +10,20 @@ The result of ``evaluate`` (fractions, not percentages)::
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .baselines import ItemCF, Popularity
+from .baselines import ALS, EASE, ItemCF, Popularity, RP3beta
 from .data.dataset import Dataset
 from .errors import DRError
 from .metrics import compute
 from .recommender import Recommender
 
-FITTED = ("popularity", "item-cf")
+BASELINES = {"popularity": Popularity, "item-cf": ItemCF, "rp3beta": RP3beta, "ease": EASE, "als": ALS}
+FITTED = tuple(BASELINES)
 
 
 def _dataset_name(dataset: Dataset) -> str:
@@ -158,8 +160,51 @@ def _faiss_available() -> bool:
     return True
 
 
+def _convert(value: str, default, where: str):
+    """``value`` as the type of the parameter's default (bool, int, float or str)."""
+    try:
+        if isinstance(default, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError
+            return value.lower() in ("true", "1")
+        return type(default)(value) if isinstance(default, int | float | str) else float(value)
+    except ValueError:
+        raise DRError(f"{where}: cannot read {value!r} as {type(default).__name__}") from None
+
+
+def baseline(spec: str) -> Recommender:
+    """An unfitted baseline from ``NAME`` or ``NAME:PARAM=VALUE,PARAM=VALUE`` (the constructor's names)."""
+    name, _, rest = spec.partition(":")
+    if name not in BASELINES:
+        raise DRError(f"unknown baseline {name!r}; valid: {', '.join(FITTED)}")
+    cls = BASELINES[name]
+    defaults = {p.name: p.default for p in inspect.signature(cls).parameters.values()}
+    params = {}
+    for item in filter(None, rest.split(",")):
+        key, eq, value = item.partition("=")
+        if not eq or key.strip() not in defaults:
+            raise DRError(
+                f"{spec}: {item!r} is not PARAM=VALUE with PARAM one of {', '.join(defaults) or 'none'}"
+            )
+        params[key.strip()] = _convert(value.strip(), defaults[key.strip()], spec)
+    return cls(**params)
+
+
+def _join_params(names: list[str]) -> list[str]:
+    """Glue ``PARAM=VALUE`` pieces split off by commas back onto the method before them."""
+    out: list[str] = []
+    for n in names:
+        if out and "=" in n and ":" not in n and ":" in out[-1] and not Path(n).is_dir():
+            out[-1] += "," + n
+        else:
+            out.append(n)
+    return out
+
+
 def build_methods(names: list[str], dataset: Dataset) -> dict[str, Recommender]:
-    """Recommenders by name: "popularity" and "item-cf" are fitted on ``dataset``.
+    """Recommenders by name, each fitted on ``dataset``: "popularity", "item-cf", "rp3beta",
+    "ease", "als" (the ``als`` extra), optionally with parameters, e.g.
+    ``rp3beta:alpha=0.8,beta=0.3,neighbours=200`` (a comma-split list is glued back).
 
     Any name that is an existing directory is a trained DR model; it contributes its
     "dr" and "brute-force" recommenders, and "hnsw" when faiss imports (keys are prefixed
@@ -167,13 +212,12 @@ def build_methods(names: list[str], dataset: Dataset) -> dict[str, Recommender]:
     """
     if not names:
         raise DRError("no method given: name at least one of popularity, item-cf, or a model dir")
+    names = _join_params(names)
     models = [n for n in names if Path(n).is_dir()]
     methods: dict[str, Recommender] = {}
     for n in names:
-        if n == "popularity":
-            methods[n] = Popularity().fit(dataset)
-        elif n == "item-cf":
-            methods[n] = ItemCF().fit(dataset)
+        if n.partition(":")[0] in BASELINES and n not in models:
+            methods[n] = baseline(n).fit(dataset)
         elif n in models:
             from .model import DeepRetrieval
 

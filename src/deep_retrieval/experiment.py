@@ -18,6 +18,8 @@ encoder + sampled softmax trained alone, retrieved by brute force: the paper's "
 force") and evaluate on the test users:
 
     item-cf, popularity                       the simple baselines
+    rp3beta, ease                             item-item baselines, each tuned on the validation
+                                              users (``tuning.GRIDS``, recall at the first k)
     youtube-dnn                               the twin: exact search over its own embeddings
     dr                                        beam search (B) + rerank
     dr-exact                                  DR's own reranker over all V items
@@ -40,14 +42,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifacts import atomic_write_json, atomic_write_text
+from .artifacts import atomic_write_json, atomic_write_text, check_output
 from .config import Config, _build, load_config, read_toml
 from .errors import DRError
 
 METRICS = ("precision", "recall", "f1", "ndcg")
-ORDER = ("item-cf", "popularity", "youtube-dnn", "dr", "dr-exact", "hnsw")
+ORDER = ("item-cf", "rp3beta", "ease", "popularity", "youtube-dnn", "dr", "dr-exact", "hnsw")
 LABELS = {
     "item-cf": "Item-CF",
+    "rp3beta": "RP3beta (tuned on validation)",
+    "ease": "EASE (tuned on validation)",
     "popularity": "Popularity",
     "youtube-dnn": "YouTube-DNN (brute force)",
     "dr": "DR (beam + rerank)",
@@ -89,6 +93,9 @@ class ExperimentConfig:
     hnsw_ef: int = 64
     item_cf_neighbours: int = 200
     item_cf_shrink: float = 0.0
+    rp3beta: bool = True  # RP3beta, its grid searched on the validation users
+    ease: bool = True  # EASE likewise; a dense items x items inverse: false for large catalogues
+    ease_l2: tuple[float, ...] = ()  # the l2 values tried (one inverse each); () = tuning.GRIDS
     threads: int = 0  # torch threads; 0 = torch's default
     data: DataSection = field(default_factory=DataSection)
 
@@ -138,12 +145,14 @@ def prepare_data(exp: ExperimentConfig, data_root, out, log=print):
 
 def run(exp: ExperimentConfig, data_root, results_dir="results", log=print) -> dict:
     """Run the experiment and write ``results_dir/<name>/{results.json, table.md}``."""
-    from .baselines import HNSW, BruteForce, ItemCF, Popularity
+    from .baselines import EASE, HNSW, BruteForce, ItemCF, Popularity, RP3beta
     from .evaluate import _faiss_available, evaluate
     from .model import DeepRetrieval
+    from .tuning import GRIDS, tune
     from .youtube_dnn import YouTubeDNN
 
     exp.validate()
+    check_output(Path(results_dir) / exp.name, "experiment")  # before any work
     for s in exp.seeds:
         exp.dr(s)  # a bad DR config fails before any work
     if exp.hnsw and not _faiss_available():
@@ -158,9 +167,19 @@ def run(exp: ExperimentConfig, data_root, results_dir="results", log=print) -> d
 
     log(f"{exp.name}: baselines")
     t0 = time.perf_counter()
-    base = ev({"item-cf": ItemCF(exp.item_cf_neighbours, exp.item_cf_shrink).fit(ds),
-               "popularity": Popularity().fit(ds)})
-    runs = [{"seed": None, "seconds": time.perf_counter() - t0, "results": base}]
+    base_methods = {"item-cf": ItemCF(exp.item_cf_neighbours, exp.item_cf_shrink).fit(ds),
+                    "popularity": Popularity().fit(ds)}
+    tuned = {}
+    for name, cls, on in (("rp3beta", RP3beta, exp.rp3beta), ("ease", EASE, exp.ease)):
+        if on:
+            log(f"{exp.name}: tuning {name} on the validation users")
+            grid = {"l2": list(exp.ease_l2)} if name == "ease" and exp.ease_l2 else GRIDS[name]
+            t = tune(cls, grid, ds, "recall", ks[0], exp.exclude_history, keep_best=True)
+            tuned[name] = {"params": t.best, "validation": t.table}
+            base_methods[name] = t.recommender
+    base = ev(base_methods)
+    del base_methods
+    runs = [{"seed": None, "seconds": time.perf_counter() - t0, "results": base, "tuned": tuned}]
     for seed in exp.seeds:
         cfg = exp.dr(seed)
         log(f"{exp.name}: seed {seed}: DR")
@@ -210,7 +229,7 @@ def _write(exp, ds, runs, ks, results_dir, seconds, done: bool) -> dict:
         "runs": runs,
     }
     out["dr_config"]["train"]["seed"] = seeds
-    target = Path(results_dir) / exp.name
+    target = check_output(Path(results_dir) / exp.name, "experiment")  # never into a foreign folder
     target.mkdir(parents=True, exist_ok=True)
     atomic_write_json(target / "results.json", out)
     atomic_write_text(target / "table.md", table(out))
@@ -264,6 +283,10 @@ def table(out: dict) -> str:
         cells.append(f"{summ[method][ks[0]]['items_scored_per_user']['mean']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
     dr_runs = [r for r in out["runs"] if r["seed"] is not None]
+    tuned = next((r.get("tuned") for r in out["runs"] if r["seed"] is None), None)
+    if tuned:
+        lines.append("\nTuned on the validation users (recall@" + ks[0] + "): " + "; ".join(
+            f"{m} " + ", ".join(f"{p}={v}" for p, v in t["params"].items()) for m, t in tuned.items()) + ".")
     def ratio(other):
         return ", ".join(f"@{k} {recall_ratio(summ, 'dr', other, k):.3f}" for k in ks)
 

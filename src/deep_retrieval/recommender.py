@@ -9,6 +9,10 @@ dense item indices). Rows with fewer than k recommendable items are padded with
 id -1 and score -inf. With ``exclude_history=True`` a user's history items are
 never recommended. After each call ``last_items_scored`` holds, per user, how many
 items the recommender scored (V for brute force, the candidate count for DR).
+
+Optional: ``score_items(histories, items)`` scores a candidate subset per user (``items``
+a ``Ragged`` with one row per history) and returns a ``Ragged`` of float32 scores with the
+same rows, the values ``recommend`` would rank; recommenders without it raise ``DRError``.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 import torch
 
 from .data.dataset import Dataset, Ragged, unique_sorted
+from .errors import DRError
 
 
 class Recommender(ABC):
@@ -40,6 +45,10 @@ class Recommender(ABC):
     @classmethod
     @abstractmethod
     def load(cls, path) -> Self: ...
+
+    def score_items(self, histories, items: Ragged) -> Ragged:
+        """Scores (float32, same rows as ``items``) of the candidate ``items[u]`` for user u."""
+        raise DRError(f"{self.name} cannot score a candidate subset")
 
 
 def pairs_in_history(rows: np.ndarray, items: np.ndarray, hist: Ragged) -> np.ndarray:
