@@ -111,3 +111,30 @@ def test_gradients_reach_every_parameter_group():
     # every layer's node table got its own gradient
     assert all(t.weight.grad.abs().sum() > 0 for t in struct.node_emb)
     assert enc.item_emb.weight.grad[V].abs().sum() == 0  # the padding row stays zero
+
+
+def test_multi_target_multipath_loss_equals_direct_computation():
+    m = make()
+    batch, T, J, K, D = 4, 3, 2, 4, 3
+    u = torch.randn(batch, 5, dtype=torch.double)
+    paths = torch.randint(0, K, (batch, T, J, D))
+    mask = torch.tensor([[1, 1, 0], [1, 0, 0], [0, 0, 0], [1, 1, 1]], dtype=torch.bool)
+    users = []
+    for i in range(batch):
+        per = [-torch.logsumexp(m.path_logprob(u[i : i + 1], paths[i, t][None])[0], 0)
+               for t in range(T) if mask[i, t]]
+        if per:
+            users.append(torch.stack(per).mean())
+    torch.testing.assert_close(m.multipath_loss_multi(u, paths, mask), torch.stack(users).mean())
+
+
+def test_multi_target_multipath_loss_with_one_target_is_the_old_loss():
+    m = make()
+    u = torch.randn(5, 5, dtype=torch.double)
+    paths = torch.randint(0, 4, (5, 3, 3))
+    mask = torch.ones(5, 1, dtype=torch.bool)
+    torch.testing.assert_close(m.multipath_loss_multi(u, paths[:, None], mask), m.multipath_loss(u, paths))
+    # padding targets change nothing, whatever paths they hold
+    padded = torch.cat([paths[:, None], torch.randint(0, 4, (5, 2, 3, 3))], dim=1)
+    mask3 = torch.tensor([[True, False, False]] * 5)
+    torch.testing.assert_close(m.multipath_loss_multi(u, padded, mask3), m.multipath_loss(u, paths))

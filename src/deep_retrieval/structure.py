@@ -103,6 +103,20 @@ class StructureModel(nn.Module):
         logp = self.path_logprob(u, paths)  # (batch, J)
         return -torch.logsumexp(logp, dim=1).mean()  # ()
 
+    def multipath_loss_multi(self, u: Tensor, paths: Tensor, mask: Tensor) -> Tensor:
+        """``multipath_loss`` with several targets per user: the mean over users (with at least
+        one target) of the mean over the user's targets of -log sum_j p(pi_j(y) | x).
+
+        u (batch, e), paths (batch, T, J, D) long, mask (batch, T) bool (False = padding) ->
+        scalar. Only the valid (user, target) pairs are scored. T = 1 with a full mask equals
+        ``multipath_loss(u, paths[:, 0])``.
+        """
+        b, t = torch.nonzero(mask, as_tuple=True)  # (N,) valid pairs
+        nll = -torch.logsumexp(self.path_logprob(u[b], paths[b, t]), dim=1)  # (N,)
+        n = mask.sum(1)  # (batch,)
+        per_user = torch.zeros(len(u), dtype=nll.dtype, device=nll.device).index_add(0, b, nll)  # (batch,)
+        return (per_user[n > 0] / n[n > 0]).mean()  # ()
+
     # ------------------------------------------------------------ split first Linear (beam)
     def user_part(self, d: int, u: Tensor) -> Tensor:
         """The user's share of layer d's first Linear, bias included: u (n, e) -> (n, H)."""
