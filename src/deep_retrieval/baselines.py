@@ -22,7 +22,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 from scipy.linalg import get_lapack_funcs
 
-from .artifacts import atomic_dir, atomic_write_json, read_json
+from .artifacts import atomic_dir, atomic_write_json, read_json, read_npz
 from .data.dataset import Dataset, Ragged, as_ragged
 from .errors import DRError
 from .recommender import Recommender, mask_history_, pairs_in_history, topk_padded
@@ -113,13 +113,7 @@ def _read_meta(path, name: str) -> dict:
 
 
 def _load_npz(file: Path) -> dict[str, np.ndarray]:
-    try:
-        with np.load(file, allow_pickle=False) as z:
-            return {k: z[k] for k in z.files}
-    except FileNotFoundError:
-        raise DRError(f"{file} not found") from None
-    except Exception as e:  # zipfile / value errors from a corrupt file
-        raise DRError(f"{file} is corrupt ({e})") from None
+    return read_npz(file, f"saved baseline {file.parent}")
 
 
 def _check_candidates(hist: Ragged, items: Ragged, n_items: int) -> None:
