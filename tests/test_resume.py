@@ -1,6 +1,7 @@
 """Checkpoint and resume: a run stopped anywhere and resumed ends with the same model, bit for bit."""
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -151,6 +152,7 @@ TRAIN_SCRIPT = textwrap.dedent("""
     data = synthetic_dataset(seed=3)
     cfg = config()
     cfg.train.threads = 1
+    cfg.train.epochs_joint, cfg.train.epochs_dr = 4, 2  # 30 batches: room for two kills
     resume = sys.argv[2] if len(sys.argv) > 2 else None
     ck = Checkpointer(sys.argv[1], data_fingerprint(data), minutes=0, every_batches=1)
     model = DeepRetrieval(cfg).fit(data, log=lambda _: None, checkpoint=ck, resume=resume)
@@ -165,25 +167,28 @@ def _run(script: Path, *args) -> str:
     return [line for line in out.stdout.splitlines() if line.startswith("FINGERPRINT")][0].split()[1]
 
 
+def _step(ckpt: Path) -> int:
+    """The step of the checkpoint at ``ckpt`` (0 if none yet); it is replaced atomically."""
+    if not ckpt.exists():
+        return 0
+    return json.loads(torch.load(ckpt, weights_only=True)["progress"])["step"]
+
+
 def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path):
     script = tmp_path / "train.py"
     script.write_text(TRAIN_SCRIPT.format(root=str(ROOT)))
     want = _run(script, str(tmp_path / "a.ckpt"))  # uninterrupted, one thread
     ckpt = tmp_path / "b.ckpt"
     killed_at = []
-    for attempt in range(2):  # kill, resume and kill again
+    for attempt, target in enumerate((4, 14)):  # kill after step 4, resume, kill after step 14
         args = [sys.executable, str(script), str(ckpt)] + ([str(ckpt)] if attempt else [])
-        start = ckpt.stat().st_mtime_ns if ckpt.exists() else 0
         proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:  # wait for a fresh checkpoint, then a few more batches
-            if ckpt.exists() and ckpt.stat().st_mtime_ns != start:
-                break
-            time.sleep(0.01)
-        time.sleep(0.2 * (attempt + 1))
+        while time.monotonic() < deadline and proc.poll() is None and _step(ckpt) < target:
+            time.sleep(0.005)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        killed_at.append(torch.load(ckpt, weights_only=True)["progress"])
-    assert killed_at[0] != killed_at[1]  # the two kills stopped the run at different points
+        killed_at.append(_step(ckpt))
+    assert 4 <= killed_at[0] < killed_at[1] < 30  # killed mid-run, twice, at different points
     assert _run(script, str(ckpt), str(ckpt)) == want  # resumed to the end
     assert not list(tmp_path.glob(".b.ckpt.tmp-*"))  # a temporary file is never left as a result
