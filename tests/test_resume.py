@@ -191,4 +191,22 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path):
         killed_at.append(_step(ckpt))
     assert 4 <= killed_at[0] < killed_at[1] < 30  # killed mid-run, twice, at different points
     assert _run(script, str(ckpt), str(ckpt)) == want  # resumed to the end
-    assert not list(tmp_path.glob(".b.ckpt.tmp-*"))  # a temporary file is never left as a result
+    # a kill during a write leaves a temporary file; the next run on the target removes it
+    assert not list(tmp_path.glob(".b.ckpt.tmp-*"))
+
+
+def test_stale_checkpoint_temporaries_of_dead_processes_are_removed(tmp_path):
+    import socket
+
+    from deep_retrieval.state import remove_stale_temporaries
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    host = socket.gethostname()
+    stale = tmp_path / f".run.ckpt.tmp-{host}-{dead}"
+    live = tmp_path / f".run.ckpt.tmp-{host}-{os.getpid()}"
+    other = tmp_path / f".run.ckpt.tmp-elsewhere-{dead}"
+    for f in (stale, live, other):
+        f.write_bytes(b"half")
+    assert remove_stale_temporaries(tmp_path / "run.ckpt") == [stale]
+    assert live.exists() and other.exists() and not stale.exists()

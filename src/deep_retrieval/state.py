@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,13 +206,41 @@ def save_checkpoint(state: TrainState, path, data_fp: str) -> None:
         "log": json.dumps(state.log),
     }
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f"{_temp_prefix(path)}{socket.gethostname()}-{os.getpid()}")
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _temp_prefix(path: Path) -> str:
+    return f".{path.name}.tmp-"
+
+
+def remove_stale_temporaries(path) -> list[Path]:
+    """Remove the temporary files of checkpoints of ``path`` that a killed process of this
+    machine left (its pid no longer runs); another machine's are left alone. Returns them."""
+    path = Path(path)
+    host, gone = socket.gethostname(), []
+    for f in path.parent.glob(_temp_prefix(path) + "*"):
+        owner, _, pid = f.name[len(_temp_prefix(path)) :].rpartition("-")
+        if owner != host or not pid.isdigit() or _alive(int(pid)):
+            continue
+        f.unlink(missing_ok=True)
+        gone.append(f)
+    return gone
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def load_checkpoint(path, ds: Dataset, device: str | None = None) -> TrainState:
@@ -280,6 +309,8 @@ class Checkpointer:
         self.path, self.data_fp = Path(path), data_fp
         self.every_s, self.every_batches = minutes * 60.0, every_batches
         self.last = time.monotonic()
+        if _rank_world()[0] == 0 and self.path.parent.is_dir():  # a killed run's half-written file
+            remove_stale_temporaries(self.path)
 
     def due(self, state: TrainState) -> bool:
         due = (self.every_s > 0 and time.monotonic() - self.last >= self.every_s) or (
