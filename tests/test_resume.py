@@ -196,17 +196,14 @@ def test_sigkill_at_several_points_then_resume_equals_uninterrupted(tmp_path):
 
 
 def test_stale_checkpoint_temporaries_of_dead_processes_are_removed(tmp_path):
-    import socket
-
-    from deep_retrieval.state import remove_stale_temporaries
+    from deep_retrieval.artifacts import HOST_TAG
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True).stdout.strip()
-    host = socket.gethostname()
-    stale = tmp_path / f".run.ckpt.tmp-{host}-{dead}"
-    live = tmp_path / f".run.ckpt.tmp-{host}-{os.getpid()}"
-    other = tmp_path / f".run.ckpt.tmp-elsewhere-{dead}"
+    stale = tmp_path / f".run.ckpt.tmp-{dead}-{HOST_TAG}0a1b2c3d"
+    live = tmp_path / f".run.ckpt.tmp-{os.getpid()}-{HOST_TAG}0a1b2c3d"
+    other = tmp_path / f".run.ckpt.tmp-{dead}-ffffffff0a1b2c3d"  # another machine's
     for f in (stale, live, other):
         f.write_bytes(b"half")
-    assert remove_stale_temporaries(tmp_path / "run.ckpt") == [stale]
+    Checkpointer(tmp_path / "run.ckpt", "fp")  # a new run on the target cleans up first
     assert live.exists() and other.exists() and not stale.exists()

@@ -27,7 +27,7 @@ from typing import Self
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor, nn
+from torch import Tensor
 
 from .artifacts import atomic_dir, read_json
 from .beam import beam_search
@@ -35,7 +35,7 @@ from .config import Config
 from .data.dataset import Dataset, Ragged, as_ragged
 from .errors import DRError, InvalidInputError
 from .mstep import ScoreTable
-from .net import SPARSE_FROM_ITEMS, DRNet, uses_sparse_embeddings
+from .net import SPARSE_FROM_ITEMS, DRNet, load_net, uses_sparse_embeddings
 from .paths import PathIndex
 from .recommender import Recommender
 from .retrieval import candidates, net_device, padded, recommend
@@ -93,24 +93,6 @@ def read_model_dir(path: Path, name: str | None = None) -> tuple[Config, dict, d
     if len(item_ids) != V:
         raise DRError(f"model {path}: item_ids.npy has {len(item_ids)} ids, expected {V}")
     return cfg, tensors, meta, item_ids
-
-
-def load_net(build, state: dict, path: Path) -> nn.Module:
-    """``build()``'s module with ``state``'s tensors as its weights, without a second copy.
-
-    The module is built on the meta device (no random init, no memory) and takes the loaded
-    tensors themselves (``assign=True``), so a load peaks at one copy of the weights; its
-    reranker's sampling buffers, which are not saved, are rebuilt from ``item_counts``.
-    """
-    with torch.device("meta"):
-        net = build()
-    try:
-        net.load_state_dict(state, strict=True, assign=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise DRError(f"model {path}: weights do not match config.toml ({first})") from None
-    net.reranker.set_sampling(net.item_counts.numpy())
-    return net.eval()
 
 
 class DeepRetrieval(Recommender):

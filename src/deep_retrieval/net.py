@@ -7,12 +7,15 @@ nothing of the item -> paths assignment, the M-step or persistence (``model.py``
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .config import Config
 from .encoder import UserEncoder
+from .errors import DRError
 from .reranker import Reranker
 from .structure import StructureModel
 
@@ -93,3 +96,21 @@ def grow(net: DRNet, cfg: Config, item_counts: np.ndarray) -> DRNet:
             else:
                 raise AssertionError(f"cannot grow {k} from {tuple(o.shape)} to {tuple(w.shape)}")
     return new
+
+
+def load_net(build, state: dict, path: Path) -> nn.Module:
+    """``build()``'s module with ``state``'s tensors as its weights, without a second copy.
+
+    The module is built on the meta device (no random init, no memory) and takes the loaded
+    tensors themselves (``assign=True``), so a load peaks at one copy of the weights; its
+    reranker's sampling buffers, which are not saved, are rebuilt from ``item_counts``.
+    """
+    with torch.device("meta"):
+        net = build()
+    try:
+        net.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise DRError(f"model {path}: weights do not match config.toml ({first})") from None
+    net.reranker.set_sampling(net.item_counts.numpy())
+    return net.eval()

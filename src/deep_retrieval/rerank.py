@@ -16,6 +16,7 @@ from typing import Self
 
 import numpy as np
 
+from .baselines import _select_top
 from .data.dataset import Dataset, Ragged, as_ragged, pad_ragged
 from .errors import DRError
 from .model import DeepRetrieval
@@ -46,16 +47,10 @@ class Reranked(Recommender):
             cands = Ragged.from_lengths(cands.values[keep], np.bincount(cands.row_ids()[keep],
                                                                          minlength=len(hist)))
         scores = self.scorer.score_items(hist, cands)  # same rows as cands
-        width = int(cands.lengths.max(initial=0))
-        ids, _ = pad_ragged(cands, width)  # (n, m) padded -1, most recent = all (width = longest)
-        s = np.full(ids.shape, -np.inf, dtype=np.float32)
+        ids, _ = pad_ragged(cands, int(cands.lengths.max(initial=0)))  # (n, m) padded -1, in order
+        s = np.zeros(ids.shape, dtype=np.float32)
         s[ids >= 0] = scores.values
-        order = np.argsort(-s, axis=1, kind="stable")[:, :k]  # (n, min(m, k))
-        top_s = np.take_along_axis(s, order, 1)
-        top_i = np.where(np.isfinite(top_s), np.take_along_axis(ids, order, 1), -1)
-        out_i = np.full((len(hist), k), -1, dtype=np.int64)
-        out_s = np.full((len(hist), k), -np.inf, dtype=np.float32)
-        out_i[:, : order.shape[1]], out_s[:, : order.shape[1]] = top_i, np.where(top_i >= 0, top_s, -np.inf)
+        out_i, out_s = _select_top(ids, s, ids >= 0, k)
         self.last_items_scored = cands.lengths.copy()
         return out_i, out_s
 

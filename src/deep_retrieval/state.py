@@ -26,7 +26,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,12 +34,13 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .artifacts import _temp_name, clean_leftovers
 from .config import Config
 from .data.dataset import Dataset
 from .errors import DRError
 from .examples import Examples
 from .mstep import ScoreTable
-from .net import DRNet, grow
+from .net import DRNet, grow, load_net
 from .paths import random_assignment
 
 CHECKPOINT_FORMAT = "deep-retrieval checkpoint"
@@ -206,41 +206,13 @@ def save_checkpoint(state: TrainState, path, data_fp: str) -> None:
         "log": json.dumps(state.log),
     }
     path = Path(path)
-    tmp = path.with_name(f"{_temp_prefix(path)}{socket.gethostname()}-{os.getpid()}")
+    tmp = _temp_name(path, "tmp")  # a killed write leaves it; clean_leftovers removes it later
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
-
-
-def _temp_prefix(path: Path) -> str:
-    return f".{path.name}.tmp-"
-
-
-def remove_stale_temporaries(path) -> list[Path]:
-    """Remove the temporary files of checkpoints of ``path`` that a killed process of this
-    machine left (its pid no longer runs); another machine's are left alone. Returns them."""
-    path = Path(path)
-    host, gone = socket.gethostname(), []
-    for f in path.parent.glob(_temp_prefix(path) + "*"):
-        owner, _, pid = f.name[len(_temp_prefix(path)) :].rpartition("-")
-        if owner != host or not pid.isdigit() or _alive(int(pid)):
-            continue
-        f.unlink(missing_ok=True)
-        gone.append(f)
-    return gone
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def load_checkpoint(path, ds: Dataset, device: str | None = None) -> TrainState:
@@ -273,11 +245,7 @@ def load_checkpoint(path, ds: Dataset, device: str | None = None) -> TrainState:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     V = ds.n_items
-    with torch.device("meta"):
-        net = DRNet(V, cfg)
-    net.load_state_dict(obj["net"], strict=True, assign=True)
-    net.reranker.set_sampling(net.item_counts.numpy())
-    net.to(device)
+    net = load_net(lambda: DRNet(V, cfg), obj["net"], path).to(device)
     opts = make_optimizers(net, cfg.train.lr, cfg.train.weight_decay)
     for opt, sd in zip(opts, obj["opts"], strict=True):
         opt.load_state_dict(sd)
@@ -309,8 +277,8 @@ class Checkpointer:
         self.path, self.data_fp = Path(path), data_fp
         self.every_s, self.every_batches = minutes * 60.0, every_batches
         self.last = time.monotonic()
-        if _rank_world()[0] == 0 and self.path.parent.is_dir():  # a killed run's half-written file
-            remove_stale_temporaries(self.path)
+        if _rank_world()[0] == 0:  # a killed run's half-written checkpoint
+            clean_leftovers(self.path)
 
     def due(self, state: TrainState) -> bool:
         due = (self.every_s > 0 and time.monotonic() - self.last >= self.every_s) or (
