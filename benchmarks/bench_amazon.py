@@ -33,7 +33,7 @@ from deep_retrieval.model import DeepRetrieval
 OUT = Path(__file__).parent / "out"
 ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 KS = [20, 200]
-SWEEP = (50, 100, 200, 400, 800)  # serving beam sizes tried on the validation users
+SWEEP = (50, 100, 200, 400)  # serving beam sizes tried on the validation users
 
 
 def run_seed(ds: Dataset, args, seed: int, work: Path) -> dict:
@@ -60,8 +60,10 @@ def run_seed(ds: Dataset, args, seed: int, work: Path) -> dict:
 
 
 def beam_sweep(ds: Dataset, m: DeepRetrieval) -> dict:
-    """B chosen on the VALIDATION users: the smallest of SWEEP whose DR recall is >= 0.99 of
-    the reranker's brute force at every k (else the largest); then DR at that B on the test users."""
+    """B chosen on the VALIDATION users: the smallest of SWEEP whose DR recall@20 is >= 0.99 of
+    the reranker's brute force (else the largest); then DR at that B on the test users. (On
+    validation, recall@200 stays below 0.99 of brute force up to B = 800, 7,400 items scored:
+    seed 3 gave 0.867 / 0.918 / 0.936 / 0.959 / 0.980 at B = 50 / 100 / 200 / 400 / 800.)"""
     B0 = m.config.beam.B
     bf = {"brute-force": m.as_recommenders()["brute-force"]}
     val_bf = evaluate(ds, bf, KS, split="val", exclude_history=True, latency_users=0)["results"]
@@ -73,7 +75,7 @@ def beam_sweep(ds: Dataset, m: DeepRetrieval) -> dict:
         sweep.append({"B": B, "val_ratio": ratio, "items_scored": r[0]["items_scored_per_user"]})
         print(f"  B {B}: validation DR / brute force {ratio}, {r[0]['items_scored_per_user']:.0f} items",
               flush=True)
-    chosen = next((x["B"] for x in sweep if min(x["val_ratio"].values()) >= 0.99), SWEEP[-1])
+    chosen = next((x["B"] for x in sweep if x["val_ratio"][KS[0]] >= 0.99), SWEEP[-1])
     m.config.beam.B = chosen
     test = evaluate(ds, {"dr": m}, KS, split="test", exclude_history=True)["results"]
     m.config.beam.B = B0
@@ -145,7 +147,7 @@ def _table(out: dict) -> str:
                      f"{f(b, 'recall', 100, 2)} | {f(b, 'f1', 100, 2)} | "
                      f"{s[a]['items_scored_per_user'][0]:.0f} | {s[a]['latency_ms_batch1'][0]:.3f} |")
     r, rc = out["dr_over_brute_force_recall"], out["dr_val_B_over_brute_force_recall"]
-    lines += ["", f"dr = the config's beam; dr-val-B = the smallest B of {list(SWEEP)} whose DR recall "
+    lines += ["", f"dr = the config's beam; dr-val-B = the smallest B of {list(SWEEP)} whose DR recall@20 "
               f"is >= 0.99 of brute force on the validation users (chosen: {out['B_chosen']}).",
               f"DR recall / its reranker by brute force: @20 {r[20]:.3f}, @200 {r[200]:.3f} (config B); "
               f"@20 {rc[20]:.3f}, @200 {rc[200]:.3f} (B chosen on validation).",
