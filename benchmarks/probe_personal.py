@@ -31,6 +31,7 @@ import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import bench_scale as bs  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -42,19 +43,8 @@ from deep_retrieval.model import DeepRetrieval  # noqa: E402
 from deep_retrieval.structure import to_flat  # noqa: E402
 
 OUT = Path(__file__).parent / "out"
-TOPK = 200
+TOPK = bs.TOPK
 BEAMS = (10, 25, 50, 100, 200)
-
-
-def exact_top(E: np.ndarray, U: np.ndarray, k: int) -> np.ndarray:
-    s = U @ E.T  # (n, V)
-    top = np.argpartition(-s, k - 1, axis=1)[:, :k]  # (n, k) unordered
-    return np.take_along_axis(top, np.argsort(-np.take_along_axis(s, top, 1), axis=1), 1)
-
-
-def recall(found: np.ndarray, truth: np.ndarray) -> float:
-    return float(np.mean([len(np.intersect1d(f[f >= 0], t)) / len(t)
-                          for f, t in zip(found, truth, strict=True)]))
 
 
 def miss_breakdown(r: Retriever, assignment: np.ndarray, U: np.ndarray, truth: np.ndarray, B: int):
@@ -104,7 +94,7 @@ def main() -> None:
     hist = ds.test.hist.take(np.arange(min(512, len(ds.test.hist))))
     U, Us = m.user_embeddings(hist, "rr"), m.user_embeddings(hist, "str")  # (n, e) each
     E = m.net.reranker.item_emb.weight.detach().numpy()
-    truth = exact_top(E, U, TOPK)
+    truth = bs.exact_numpy(E, U, TOPK)  # (n, TOPK) best first
     ids, cnt = np.unique(truth, return_counts=True)
     res["exact_top200_spread"] = {
         "users": len(U), "distinct_items": int(len(ids)),
@@ -122,7 +112,7 @@ def main() -> None:
     for B in BEAMS:
         found, _, n_cand = r.search(Us, U, TOPK, B)
         off_beam, unreachable, n_reached = miss_breakdown(r, assignment, Us, truth, B)
-        row = {"B": B, "recall_at_200": recall(found, truth), "candidates_mean": float(n_cand.mean()),
+        row = {"B": B, "recall_at_200": bs.recall(found, truth), "candidates_mean": float(n_cand.mean()),
                "not_on_beamed_path": off_beam, "on_unreachable_path": unreachable,
                "paths_reached_by_any_user": n_reached}
         res["dr"].append(row)
