@@ -277,6 +277,8 @@ def test_check_output_kinds(w):
     with pytest.raises(OutputExistsError):
         check_output(w / "data", "dataset", replace=False)
     check_output(w / "data", "dataset", replace=True)
+    with pytest.raises(InvalidInputError, match="contains a NUL character"):  # not a ValueError
+        check_output(w / "a\x00b", "model")
 
 
 # ------------------------------------------------------------------ data hygiene

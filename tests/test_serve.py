@@ -242,6 +242,8 @@ def test_hot_reload(client, dirs):
     assert client.post("/recommend", json={"histories": HISTORIES, "k": 5}).json() == after  # old one answers
     is_error(client.post("/admin/reload", content=b"{"), 400)
     is_error(client.post("/admin/reload", json={"model": 3}), 422)
+    is_error(client.post("/admin/reload", json={"model": ""}), 422)  # not "the same directory"
+    assert "NUL" in is_error(client.post("/admin/reload", json={"model": "a\x00b"}), 400)  # was a 500
     same = client.post("/admin/reload")  # no body: the same directory again
     assert same.status_code == 200 and same.json()["model"]["path"] == str(dirs["two"].resolve())
 

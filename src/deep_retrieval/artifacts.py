@@ -167,6 +167,8 @@ def check_output(
     desc = KINDS[kind].description
     if str(path) == "" or path.name in ("", ".", ".."):
         raise InvalidInputError(f"output {str(path)!r} must name a new directory or file, not '.' or '..'")
+    if "\x00" in str(path):
+        raise InvalidInputError(f"output {str(path)!r} contains a NUL character")
     full = path.resolve()
     cwd = Path.cwd().resolve()
     if full == cwd or full in cwd.parents:

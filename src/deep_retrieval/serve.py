@@ -128,6 +128,8 @@ class Served:
         from .fast import Retriever
         from .model import DeepRetrieval
 
+        if "\x00" in str(path):  # resolve() would raise ValueError: a 500 instead of a 400
+            raise DRError(f"model path {str(path)!r} contains a NUL character")
         self.path = Path(path).resolve()
         try:
             model = DeepRetrieval.load(self.path)
@@ -242,7 +244,8 @@ class Results(BaseModel):
 
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
-    model: str | None = Field(None, description="a model directory; absent = the one served now")
+    model: str | None = Field(None, min_length=1,
+                              description="a model directory; absent = the one served now")
 
 
 def request_model(limits: Limits) -> type[BaseModel]:
@@ -425,7 +428,7 @@ def create_app(served: Served, limits: Limits | None = None, freeze_heap: bool =
 async def _reload(app: FastAPI, target: str | None) -> dict:
     """Load ``target`` (None: the current directory) in a thread and swap it in; 400 if broken."""
     async with app.state.reload_lock:
-        path = target or str(app.state.current.path)
+        path = str(app.state.current.path) if target is None else target
         try:
             new = await asyncio.to_thread(Served, path)
         except DRError as e:
