@@ -98,24 +98,24 @@ def main() -> None:
     ds = Dataset.load(data)
     runs = [run_seed(ds, args, int(s), work) for s in args.seeds.split(",")]
 
-    for r in runs:  # DR at the beam chosen on validation, as rows of its own
-        r["all"] = r["results"] + [{**x, "method": "dr-val-B"} for x in r["results_chosen"]]
+    # each run's rows, DR at the beam chosen on validation as a method of its own
+    per_run = [r["results"] + [{**x, "method": "dr-val-B"} for x in r["results_chosen"]] for r in runs]
     rows = {}
-    for r in runs:
-        for x in r["all"]:
+    for run_rows in per_run:
+        for x in run_rows:
             rows.setdefault((x["method"], x["k"]), []).append(x)
     summary = {}
     for (method, k), xs in rows.items():
         summary[f"{method}@{k}"] = {m: _mean_std([x[m] for x in xs]) for m in (
             "precision", "recall", "f1", "ndcg", "items_scored_per_user", "latency_ms_batch1")}
-    ratio = {k: float(np.mean([_get(r, "dr", k) / _get(r, "brute-force", k) for r in runs])) for k in KS}
-    ratio_chosen = {k: float(np.mean([_get(r, "dr-val-B", k) / _get(r, "brute-force", k) for r in runs]))
+    ratio = {k: float(np.mean([_get(x, "dr", k) / _get(x, "brute-force", k) for x in per_run])) for k in KS}
+    ratio_chosen = {k: float(np.mean([_get(x, "dr-val-B", k) / _get(x, "brute-force", k) for x in per_run]))
                     for k in KS}
     out = {"config": args.config, "overrides": args.overrides, "seeds": [r["seed"] for r in runs],
            "train_s": [r["train_s"] for r in runs], "epochs": [r["epochs"] for r in runs],
            "B_chosen": [r["B_chosen"] for r in runs], "dr_over_brute_force_recall": ratio,
            "dr_val_B_over_brute_force_recall": ratio_chosen, "summary": summary,
-           "runs": [{k: v for k, v in r.items() if k != "all"} for r in runs]}
+           "runs": runs}
     OUT.mkdir(exist_ok=True)
     (OUT / "amazon.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
     (OUT / "amazon.md").write_text(_table(out))
@@ -126,8 +126,8 @@ def _mean_std(xs: list[float]) -> list[float]:
     return [float(np.mean(xs)), float(np.std(xs, ddof=1)) if len(xs) > 1 else 0.0]
 
 
-def _get(run: dict, method: str, k: int, metric: str = "recall") -> float:
-    return next(x[metric] for x in run["all"] if x["method"] == method and x["k"] == k)
+def _get(rows: list[dict], method: str, k: int, metric: str = "recall") -> float:
+    return next(x[metric] for x in rows if x["method"] == method and x["k"] == k)
 
 
 def _table(out: dict) -> str:

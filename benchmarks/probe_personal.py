@@ -83,13 +83,18 @@ def _node_purity(nodes: np.ndarray, item_clusters: np.ndarray) -> float:
     return cluster_purity(Ragged(item, offsets), item_clusters)
 
 
+def _sq_dists(X: np.ndarray, C: np.ndarray) -> np.ndarray:
+    """(n, k) squared Euclidean distances between the rows of X (n, e) and C (k, e)."""
+    return (X**2).sum(1)[:, None] - 2 * X @ C.T + (C**2).sum(1)[None]
+
+
 def _kmeans(X: np.ndarray, k: int, rng: np.random.Generator, iters: int = 20):
     """Lloyd's k-means from k random rows: (labels (n,), centres (k, e)); k >= n: one row each."""
     if k >= len(X):
         return np.arange(len(X)), X.copy()
     C = X[rng.choice(len(X), k, replace=False)].copy()  # (k, e)
     for _ in range(iters):
-        a = ((X**2).sum(1)[:, None] - 2 * X @ C.T + (C**2).sum(1)[None]).argmin(1)  # (n,)
+        a = _sq_dists(X, C).argmin(1)  # (n,)
         sums = np.zeros_like(C)
         np.add.at(sums, a, X)
         n = np.bincount(a, minlength=k)
@@ -109,8 +114,7 @@ def kmeans_paths(X: np.ndarray, K: int, D: int, J: int, leaf: int, rng: np.rando
         groups = nxt
     centres = np.stack([X[idx].mean(0) for idx, _ in groups])  # (leaves, e)
     ids = np.array([p for _, p in groups], dtype=np.int64)
-    d = (X**2).sum(1)[:, None] - 2 * X @ centres.T + (centres**2).sum(1)[None]  # (V, leaves)
-    return ids[np.argsort(d, axis=1)[:, :J]]
+    return ids[np.argsort(_sq_dists(X, centres), axis=1)[:, :J]]  # (V, J) nearest leaves
 
 
 def main() -> None:
