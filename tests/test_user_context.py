@@ -68,6 +68,58 @@ def test_early_stopping_ends_the_joint_phase_when_validation_recall_is_flat(data
     assert [e["phase"] for e in model.log] == ["joint", "joint", "dr"]
 
 
+def _scripted_validation(monkeypatch, values):
+    """Replace validation by ``values[epoch]``; record each epoch's fingerprint at that point."""
+    import deep_retrieval.train as train
+    from tests.test_resume import fingerprint
+
+    seen = []
+
+    def fake(state, ds, k=10):
+        seen.append(fingerprint(state))  # net, assignment and scores as the epoch left them
+        return {f"val_recall@{k}": values[state.progress.epoch], "candidates_per_user": 1.0}
+
+    monkeypatch.setattr(train, "_validate", fake)
+    return seen
+
+
+@pytest.mark.parametrize("restore", [True, False])
+def test_early_stopping_rolls_back_to_the_best_epoch(data, monkeypatch, restore):
+    from deep_retrieval.state import TrainState
+    from deep_retrieval.train import train
+    from tests.test_resume import fingerprint
+
+    seen = _scripted_validation(monkeypatch, [0.2, 0.5, 0.3, 0.1, 0.9, 0.9])
+    cfg = tiny_config(train__epochs_joint=6, train__epochs_dr=0, train__patience=2,
+                      train__restore_best=restore)
+    state = train(TrainState.new(cfg, data), data, log=lambda _: None)
+    assert [e["epoch"] for e in state.log] == [1, 2, 3, 4]  # epochs 3 and 4 did not beat 0.5
+    assert len(set(seen)) == 4  # every epoch changed the model
+    if restore:
+        assert fingerprint(state) == seen[1] and state.log[-1]["restored_epoch"] == 2
+    else:
+        assert fingerprint(state) == seen[3] and "restored_epoch" not in state.log[-1]
+    assert state.best is None  # the copy is dropped once the joint phase is over
+
+
+def test_the_best_epoch_survives_a_checkpoint_and_resume(data, monkeypatch, tmp_path):
+    from deep_retrieval.state import Checkpointer, data_fingerprint, load_checkpoint
+    from tests.test_resume import Stop, StopAt, fingerprint
+
+    _scripted_validation(monkeypatch, [0.2, 0.5, 0.3, 0.1, 0.0])
+    cfg = tiny_config(train__epochs_joint=4, train__epochs_dr=1, train__patience=2)
+    want = DeepRetrieval(cfg).fit(data, log=lambda _: None)
+    assert want.log[-2]["restored_epoch"] == 2 and [e["phase"] for e in want.log][-1] == "dr"
+    ckpt, fp = tmp_path / "run.ckpt", data_fingerprint(data)
+    n = -(-len(data.example_positions()) // cfg.train.batch_size)
+    with pytest.raises(Stop):  # stopped in epoch 3, after epoch 2 became the best
+        DeepRetrieval(cfg).fit(data, log=lambda _: None, checkpoint=StopAt(ckpt, fp, 2 * n + 1))
+    assert load_checkpoint(ckpt, data).best["epoch"] == 2
+    resumed = DeepRetrieval().fit(data, log=lambda _: None, resume=ckpt,
+                                  checkpoint=Checkpointer(ckpt, fp, minutes=0))
+    assert fingerprint(resumed) == fingerprint(want)
+
+
 def test_cosine_model_fast_path_equals_the_torch_path(data):
     from deep_retrieval.fast import Retriever
 

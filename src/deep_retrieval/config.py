@@ -112,6 +112,10 @@ class TrainConfig:
     # better validation recall@val_k (DR's, on the validation users), go on to the DR-only
     # phase; 0 = off (every joint epoch runs)
     patience: int = 0
+    # with early stopping on (patience > 0): when the joint phase ends, roll the network, the
+    # paths and the score table back to the joint epoch with the best validation recall
+    # (a CPU copy of the weights is kept meanwhile; the optimisers' moments are not rolled back)
+    restore_best: bool = True
     val_k: int = 10  # the cut-off of the validation recall logged after every epoch
     # where the E-step, the M-step's score collection and validation run: "auto" = a CUDA GPU
     # when torch sees one, else the CPU; "cpu"; "cuda" or "cuda:N". Coordinate descent and

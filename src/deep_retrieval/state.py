@@ -14,6 +14,7 @@ these::
     order, batch    this epoch's permutation of the examples and the batches of it done
     window          the example batches trained on since the last M-step
     log             one dict per finished epoch
+    best            early stopping: the best joint epoch's weights, paths and scores (CPU copy)
 
 A checkpoint (``save_checkpoint`` / ``load_checkpoint``) is one file, written atomically,
 holding all of it plus the torch RNG streams; the run resumed from it ends with the same
@@ -114,6 +115,9 @@ class TrainState:
     order: np.ndarray | None = None  # (N',) this epoch's permutation of example indices, all ranks
     window: list[np.ndarray] = field(default_factory=list)  # this rank's batches since the last M-step
     log: list[dict] = field(default_factory=list)
+    # early stopping with train.restore_best: the best joint epoch so far (its 1-based number,
+    # val recall) and a CPU copy of what rolling back to it restores (net, assignment, scores)
+    best: dict | None = None
 
     @property
     def n_items(self) -> int:
@@ -204,6 +208,7 @@ def save_checkpoint(state: TrainState, path, data_fp: str) -> None:
         "order": None if state.order is None else torch.from_numpy(state.order),
         "windows": [(torch.from_numpy(w), torch.from_numpy(n)) for w, n in windows],
         "log": json.dumps(state.log),
+        "best": _best_to_obj(state.best),
     }
     path = Path(path)
     tmp = _temp_name(path, "tmp")  # a killed write leaves it; clean_leftovers removes it later
@@ -265,8 +270,26 @@ def load_checkpoint(path, ds: Dataset, device: str | None = None) -> TrainState:
         order=None if obj["order"] is None else obj["order"].numpy().copy(),
         window=np.split(window, np.cumsum(lengths)[:-1]) if len(lengths) else [],
         log=json.loads(obj["log"]),
+        best=_best_from_obj(obj.get("best")),
     )
     return state
+
+
+def _best_to_obj(best: dict | None) -> dict | None:
+    if best is None:
+        return None
+    return {"epoch": best["epoch"], "value": best["value"], "net": best["net"],
+            "assignment": torch.from_numpy(best["assignment"]),
+            "scores.paths": torch.from_numpy(best["scores"].paths),
+            "scores.values": torch.from_numpy(best["scores"].scores)}
+
+
+def _best_from_obj(obj: dict | None) -> dict | None:
+    if obj is None:
+        return None
+    return {"epoch": int(obj["epoch"]), "value": float(obj["value"]), "net": obj["net"],
+            "assignment": obj["assignment"].numpy().copy(),
+            "scores": ScoreTable(obj["scores.paths"].numpy().copy(), obj["scores.values"].numpy().copy())}
 
 
 class Checkpointer:

@@ -12,6 +12,8 @@
                 s <- streaming_update(s, s', eta)
                 pi <- penalised coordinate descent (Algorithm 2)
         log: Q_str, Q_softmax, penalty, path statistics, candidates per user, val recall
+        early stopping (train.patience): the joint phase ends after `patience` epochs without a
+                better val recall; train.restore_best rolls net, pi and s back to the best one
 
 ``train`` picks up wherever the state is (a new run, a checkpoint, a trained model being
 updated) and leaves it at the end of the schedule; a ``Checkpointer`` may write it after
@@ -38,7 +40,7 @@ from .data.dataset import Dataset, unique_sorted
 from .errors import DRError
 from .examples import Examples
 from .metrics import compute
-from .mstep import collect_scores, coordinate_descent, penalised_objective, streaming_update
+from .mstep import ScoreTable, collect_scores, coordinate_descent, penalised_objective, streaming_update
 from .paths import PathIndex, path_stats
 from .retrieval import recommend
 from .state import Checkpointer, Progress, TrainState, _rank_world, make_optimizers
@@ -115,13 +117,43 @@ def train(
             log(_epoch_line(entry))
         P.epoch += 1
         state.order = None
-        if joint and T.patience and _stalled(state.log, f"val_recall@{T.val_k}", T.patience):
+        key = f"val_recall@{T.val_k}"
+        if joint and T.patience and T.restore_best and key in entry:
+            _keep_if_best(state, entry[key])
+        if joint and T.patience and _stalled(state.log, key, T.patience):
             if rank == 0:
                 log(f"validation recall@{T.val_k} has not improved for {T.patience} epochs: "
                     "the joint phase ends")
             P.epoch = max(P.epoch, T.epochs_joint)
+        if joint and P.epoch >= T.epochs_joint and state.best is not None:
+            _restore_best(state, log if rank == 0 else lambda _: None)
     net.eval()
     return state
+
+
+def _keep_if_best(state: TrainState, value: float) -> None:
+    """Copy the network, paths and scores to the CPU when ``value`` beats every earlier joint epoch."""
+    if state.best is not None and value <= state.best["value"]:
+        return
+    state.best = {
+        "epoch": state.progress.epoch, "value": float(value),
+        "net": {k: v.detach().to("cpu", copy=True) for k, v in state.net.state_dict().items()},
+        "assignment": state.assignment.copy(),
+        "scores": ScoreTable(state.scores.paths.copy(), state.scores.scores.copy()),
+    }
+
+
+def _restore_best(state: TrainState, log) -> None:
+    """End of the joint phase: roll back to the best joint epoch (a no-op when it was the last)."""
+    best, state.best = state.best, None
+    last = state.log[-1]
+    if best["epoch"] == last["epoch"]:
+        return
+    state.net.load_state_dict(best["net"])  # copies onto the parameters' own device
+    state.assignment, state.scores = best["assignment"], best["scores"]
+    last["restored_epoch"] = best["epoch"]
+    log(f"restored epoch {best['epoch']}'s network, paths and scores "
+        f"(validation recall@{state.config.train.val_k} {best['value']:.4f})")
 
 
 def _e_step(state: TrainState, ex: Examples, idx: np.ndarray, joint: bool) -> None:
