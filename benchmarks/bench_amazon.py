@@ -1,7 +1,7 @@
 """Amazon-book (KGAT split) with the amazon-book config: DR and its reranker by brute force, N seeds.
 
     python benchmarks/bench_amazon.py [--data-root ../shared/data] [--work /tmp/dr-amazon]
-        [--seeds 0,1,2,3,4] [--config amazon-book] [--set TABLE.KEY=VALUE ...]
+        [--seeds 0,1,2,3,4] [--config amazon-book] [--set TABLE.KEY=VALUE ...] [--name amazon]
 
 Prepares the KGAT split once (``given-split``, 1,000 validation users drawn from the training
 users, as ``experiments/amazon-book.toml``) into ``--work``, then for every seed trains DR
@@ -10,9 +10,9 @@ reranker over all 24,915 items on the 70,591 test users, training items excluded
 200 (recall@20 / NDCG@20 as the KGAT papers, P/R/F@200 as the paper's Table 2).
 
 A seed whose result file exists in ``--work`` is not run again (so seeds can run in separate
-processes); its model is kept in ``--work``/model_sSEED. Writes ``benchmarks/out/amazon.json``
-(every seed, mean and std) and ``amazon.md``. The tuned baselines on the same split come
-from ``tune_baselines.py``.
+processes); its model is kept in ``--work``/model_sSEED. Writes ``benchmarks/out/NAME.json``
+(every seed, mean and std) and ``NAME.md`` (``--name``, default ``amazon``). The tuned
+baselines on the same split come from ``tune_baselines.py``.
 """
 
 from __future__ import annotations
@@ -89,6 +89,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--config", default="amazon-book")
     ap.add_argument("--set", dest="overrides", action="append", default=[])
+    ap.add_argument("--name", default="amazon", help="benchmarks/out/NAME.json and NAME.md")
     args = ap.parse_args()
     work = Path(args.work)
     data = work / "data"
@@ -117,8 +118,8 @@ def main() -> None:
            "dr_val_B_over_brute_force_recall": ratio_chosen, "summary": summary,
            "runs": runs}
     OUT.mkdir(exist_ok=True)
-    (OUT / "amazon.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
-    (OUT / "amazon.md").write_text(_table(out))
+    (OUT / f"{args.name}.json").write_text(json.dumps(out, indent=1, default=float) + "\n")
+    (OUT / f"{args.name}.md").write_text(_table(out))
     print(_table(out))
 
 
