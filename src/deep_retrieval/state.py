@@ -115,8 +115,8 @@ class TrainState:
     order: np.ndarray | None = None  # (N',) this epoch's permutation of example indices, all ranks
     window: list[np.ndarray] = field(default_factory=list)  # this rank's batches since the last M-step
     log: list[dict] = field(default_factory=list)
-    # early stopping with train.restore_best: the best joint epoch so far (its 1-based number,
-    # val recall) and a CPU copy of what rolling back to it restores (net, assignment, scores)
+    # early stopping with train.restore_best: the best joint epoch so far (its 1-based number)
+    # and a CPU copy of what rolling back to it restores (net, assignment, scores)
     best: dict | None = None
 
     @property
@@ -278,7 +278,7 @@ def load_checkpoint(path, ds: Dataset, device: str | None = None) -> TrainState:
 def _best_to_obj(best: dict | None) -> dict | None:
     if best is None:
         return None
-    return {"epoch": best["epoch"], "value": best["value"], "net": best["net"],
+    return {"epoch": best["epoch"], "net": best["net"],
             "assignment": torch.from_numpy(best["assignment"]),
             "scores.paths": torch.from_numpy(best["scores"].paths),
             "scores.values": torch.from_numpy(best["scores"].scores)}
@@ -287,7 +287,7 @@ def _best_to_obj(best: dict | None) -> dict | None:
 def _best_from_obj(obj: dict | None) -> dict | None:
     if obj is None:
         return None
-    return {"epoch": int(obj["epoch"]), "value": float(obj["value"]), "net": obj["net"],
+    return {"epoch": int(obj["epoch"]), "net": obj["net"],
             "assignment": obj["assignment"].numpy().copy(),
             "scores": ScoreTable(obj["scores.paths"].numpy().copy(), obj["scores.values"].numpy().copy())}
 

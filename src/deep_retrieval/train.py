@@ -117,33 +117,32 @@ def train(
             log(_epoch_line(entry))
         P.epoch += 1
         state.order = None
-        key = f"val_recall@{T.val_k}"
-        if joint and T.patience and T.restore_best and key in entry:
-            _keep_if_best(state, entry[key])
-        if joint and T.patience and _stalled(state.log, key, T.patience):
-            if rank == 0:
-                log(f"validation recall@{T.val_k} has not improved for {T.patience} epochs: "
-                    "the joint phase ends")
-            P.epoch = max(P.epoch, T.epochs_joint)
-        if joint and P.epoch >= T.epochs_joint and state.best is not None:
-            _restore_best(state, log if rank == 0 else lambda _: None)
+        if joint and T.patience:
+            key = f"val_recall@{T.val_k}"
+            if T.restore_best and _improved(state.log, key):
+                _keep(state)
+            if _stalled(state.log, key, T.patience):
+                if rank == 0:
+                    log(f"validation recall@{T.val_k} has not improved for {T.patience} epochs: "
+                        "the joint phase ends")
+                P.epoch = max(P.epoch, T.epochs_joint)
+            if P.epoch >= T.epochs_joint and state.best is not None:
+                _restore_best(state, key, log if rank == 0 else lambda _: None)
     net.eval()
     return state
 
 
-def _keep_if_best(state: TrainState, value: float) -> None:
-    """Copy the network, paths and scores to the CPU when ``value`` beats every earlier joint epoch."""
-    if state.best is not None and value <= state.best["value"]:
-        return
+def _keep(state: TrainState) -> None:
+    """Copy the network, paths and scores of the epoch just finished to the CPU."""
     state.best = {
-        "epoch": state.progress.epoch, "value": float(value),
+        "epoch": state.progress.epoch,  # 1-based: the loop has counted it
         "net": {k: v.detach().to("cpu", copy=True) for k, v in state.net.state_dict().items()},
         "assignment": state.assignment.copy(),
         "scores": ScoreTable(state.scores.paths.copy(), state.scores.scores.copy()),
     }
 
 
-def _restore_best(state: TrainState, log) -> None:
+def _restore_best(state: TrainState, key: str, log) -> None:
     """End of the joint phase: roll back to the best joint epoch (a no-op when it was the last)."""
     best, state.best = state.best, None
     last = state.log[-1]
@@ -152,8 +151,9 @@ def _restore_best(state: TrainState, log) -> None:
     state.net.load_state_dict(best["net"])  # copies onto the parameters' own device
     state.assignment, state.scores = best["assignment"], best["scores"]
     last["restored_epoch"] = best["epoch"]
+    value = next(e[key] for e in state.log if e["epoch"] == best["epoch"])
     log(f"restored epoch {best['epoch']}'s network, paths and scores "
-        f"(validation recall@{state.config.train.val_k} {best['value']:.4f})")
+        f"(validation recall@{state.config.train.val_k} {value:.4f})")
 
 
 def _e_step(state: TrainState, ex: Examples, idx: np.ndarray, joint: bool) -> None:
@@ -268,6 +268,14 @@ def _penalty(pi: np.ndarray, p: float) -> float:
     """sum_c f(|c|) with f(x) = x^p / p over the assignment's exact path sizes."""
     _, sizes = np.unique(pi, return_counts=True)
     return float(np.sum(sizes.astype(np.float64) ** p / p))
+
+
+def _improved(log: list[dict], key: str) -> bool:
+    """True when the last joint epoch logged ``key`` above every joint epoch before it."""
+    if key not in log[-1]:
+        return False
+    vals = [e[key] for e in log if e.get("phase") == "joint" and key in e]
+    return vals[-1] > max(vals[:-1], default=-1.0)
 
 
 def _stalled(log: list[dict], key: str, patience: int) -> bool:
