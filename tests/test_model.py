@@ -336,8 +336,15 @@ def test_context_others_trains_on_every_item_of_a_row(data):
 def test_rerank_in_small_blocks_gives_the_same_result(model, data, monkeypatch):
     import deep_retrieval.retrieval as m
 
-    want = model.recommend(data.test.hist, 7)
-    monkeypatch.setattr(m, "RERANK_FLOATS", 1)  # one user per block
-    got = model.recommend(data.test.hist, 7)
-    np.testing.assert_array_equal(want[0], got[0])
-    np.testing.assert_array_equal(want[1], got[1])
+    for dense in (0, 8):  # the gather of the candidates' embeddings; a matmul over every item
+        monkeypatch.setattr(m, "DENSE_RERANK", dense)
+        monkeypatch.setattr(m, "RERANK_FLOATS", 1 << 25)
+        want = model.recommend(data.test.hist, 7)
+        monkeypatch.setattr(m, "RERANK_FLOATS", 1)  # one user per block
+        got = model.recommend(data.test.hist, 7)
+        np.testing.assert_array_equal(want[0], got[0])
+        np.testing.assert_allclose(want[1], got[1], rtol=1e-6)  # a matmul's last bit may depend on its shape
+        if dense == 0:
+            gathered = want
+    np.testing.assert_array_equal(gathered[0], want[0])  # both ways score the same candidates alike
+    np.testing.assert_allclose(gathered[1], want[1], rtol=1e-6)

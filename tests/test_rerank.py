@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from deep_retrieval.baselines import EASE, ItemCF, RP3beta
+from deep_retrieval.baselines import EASE, BruteForce, ItemCF, RP3beta
+from deep_retrieval.blend import Blend, LogMean
 from deep_retrieval.errors import DRError
 from deep_retrieval.model import DeepRetrieval
 from deep_retrieval.rerank import Reranked
@@ -21,10 +22,16 @@ def dr(data):
     return DeepRetrieval(tiny_config()).fit(data, log=lambda _: None)
 
 
-@pytest.mark.parametrize("make", [lambda: RP3beta(), lambda: ItemCF(), lambda: EASE(l2=10.0)])
+def blend_of_dr_and_rp3beta(dr):
+    return Blend([BruteForce(dr.net.reranker.item_embeddings(), encode=dr.user_embeddings),
+                  LogMean(RP3beta())], [1.0, 0.5])
+
+
+@pytest.mark.parametrize("make", [lambda dr: RP3beta(), lambda dr: ItemCF(), lambda dr: EASE(l2=10.0),
+                                  blend_of_dr_and_rp3beta])
 @pytest.mark.parametrize("exclude", [False, True])
 def test_rerank_with_every_path_equals_the_scorer_over_all_items(dr, data, make, exclude):
-    scorer = make().fit(data)
+    scorer = make(dr).fit(data)
     S = dr.config.structure
     hist = data.test.hist
     ids, scores = Reranked(dr, scorer, B=S.K**S.D).recommend(hist, 7, exclude_history=exclude)

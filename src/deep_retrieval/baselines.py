@@ -748,7 +748,17 @@ class BruteForce(Recommender):
         _check_candidates(hist, items, self.n_items)
         u = self.user_embeddings(hist)  # (n, e)
         rows = items.row_ids()
-        out = np.einsum("me,me->m", u[rows], self.item_emb[items.values]).astype(np.float32)  # (nnz,)
+        V = self.n_items
+        if len(items.values) * 8 < len(hist) * V:  # few candidates: gather them
+            out = np.einsum("me,me->m", u[rows], self.item_emb[items.values]).astype(np.float32)  # (nnz,)
+        else:  # most of the catalogue: one matmul per chunk of users, then pick the candidates
+            out = np.empty(len(items.values), dtype=np.float32)
+            chunk = max(1, (1 << 24) // max(V, 1))
+            for lo in range(0, len(hist), chunk):
+                hi = min(len(hist), lo + chunk)
+                a, b = items.offsets[lo], items.offsets[hi]
+                full = u[lo:hi] @ self.item_emb.T  # (chunk, V)
+                out[a:b] = full[rows[a:b] - lo, items.values[a:b]]
         self.last_items_scored = items.lengths.copy()
         return Ragged(out, items.offsets.copy())
 

@@ -23,6 +23,7 @@ from .recommender import pairs_in_history
 from .structure import to_flat
 
 RERANK_FLOATS = 1 << 25  # most floats one rerank block gathers (128 MB)
+DENSE_RERANK = 8  # rerank by one (users, V) matmul when the padded candidates are >= V / 8
 
 
 def net_device(net: torch.nn.Module) -> torch.device:
@@ -77,6 +78,8 @@ def recommend(
     scored = np.zeros(n, dtype=np.int64)
     if tables is None:
         tables = net.structure.prefix_tables()
+    V = net.reranker.n_items
+    items = None  # (V, e) the item embeddings as scored, made when a batch needs them
     for lo in range(0, n, batch_size):
         rows = np.arange(lo, min(lo + batch_size, n))
         h, lens = padded(hist, cfg, rows, dev)
@@ -92,10 +95,19 @@ def recommend(
         pad, _ = pad_ragged(cands, max_len=int(cands.lengths.max(initial=0)))
         cand = torch.from_numpy(pad).to(dev)  # (b, m) every candidate, padded -1
         width = cand.shape[1]
-        # score in row blocks so the (rows, m, e) gather stays under ~128 MB
-        step = max(1, RERANK_FLOATS // max(width * u_rr.shape[1], 1))
-        s = torch.cat([net.reranker.score(u_rr[i : i + step], cand[i : i + step])
-                       for i in range(0, len(rows), step)])  # (b, m), -inf at pads
+        if width * DENSE_RERANK >= V:  # candidates cover much of the catalogue: a matmul beats the gather
+            if items is None:
+                items = net.reranker.item_weight()  # (V, e) as scored, once per call
+            step = max(1, RERANK_FLOATS // max(V, 1))
+            blocks = []
+            for i in range(0, len(rows), step):
+                full = net.reranker.user(u_rr[i : i + step]) @ items.T  # (step, V)
+                blocks.append(full.gather(1, cand[i : i + step].clamp(min=0)))  # (step, m)
+            s = torch.cat(blocks).masked_fill(cand < 0, float("-inf"))  # (b, m)
+        else:  # score in row blocks so the (rows, m, e) gather stays under ~128 MB
+            step = max(1, RERANK_FLOATS // max(width * u_rr.shape[1], 1))
+            s = torch.cat([net.reranker.score(u_rr[i : i + step], cand[i : i + step])
+                           for i in range(0, len(rows), step)])  # (b, m), -inf at pads
         kk = min(k, width)
         top_s, top_j = torch.topk(s, kk, dim=1)  # (b, kk)
         top_ids = cand.gather(1, top_j)  # (b, kk)
