@@ -336,6 +336,7 @@ def test_context_others_trains_on_every_item_of_a_row(data):
 def test_rerank_in_small_blocks_gives_the_same_result(model, data, monkeypatch):
     import deep_retrieval.retrieval as m
 
+    monkeypatch.setattr(m, "DENSE_MIN_USERS", 1)
     for dense in (0, 8):  # the gather of the candidates' embeddings; a matmul over every item
         monkeypatch.setattr(m, "DENSE_RERANK", dense)
         monkeypatch.setattr(m, "RERANK_FLOATS", 1 << 25)

@@ -49,8 +49,9 @@ class _Scorer(Recommender):
         n, V = len(hist), self.n_items
         _check_request(hist, V, k)
         ids, scores = [np.zeros((0, k), dtype=np.int64)], [np.zeros((0, k), dtype=np.float32)]
-        for lo in range(0, n, self.batch_size):
-            h = hist.take(np.arange(lo, min(n, lo + self.batch_size)))
+        step = max(1, min(self.batch_size, (1 << 24) // max(V, 1)))  # at most ~16M (user, item) pairs
+        for lo in range(0, n, step):
+            h = hist.take(np.arange(lo, min(n, lo + step)))
             every = Ragged(np.tile(np.arange(V, dtype=np.int64), len(h)),
                            np.arange(len(h) + 1, dtype=np.int64) * V)  # every item, each row
             s = torch.from_numpy(self.score_items(h, every).values.reshape(len(h), V))  # (b, V)

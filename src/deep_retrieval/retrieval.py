@@ -23,7 +23,8 @@ from .recommender import pairs_in_history
 from .structure import to_flat
 
 RERANK_FLOATS = 1 << 25  # most floats one rerank block gathers (128 MB)
-DENSE_RERANK = 8  # rerank by one (users, V) matmul when the padded candidates are >= V / 8
+DENSE_RERANK = 8  # rerank a batch of >= 16 users by one (users, V) matmul when its padded
+DENSE_MIN_USERS = 16  # candidate rows hold >= V / 8 items (fewer users: gathering is cheaper)
 
 
 def net_device(net: torch.nn.Module) -> torch.device:
@@ -95,7 +96,7 @@ def recommend(
         pad, _ = pad_ragged(cands, max_len=int(cands.lengths.max(initial=0)))
         cand = torch.from_numpy(pad).to(dev)  # (b, m) every candidate, padded -1
         width = cand.shape[1]
-        if width * DENSE_RERANK >= V:  # candidates cover much of the catalogue: a matmul beats the gather
+        if width * DENSE_RERANK >= V and len(rows) >= DENSE_MIN_USERS:  # a matmul beats the gather
             if items is None:
                 items = net.reranker.item_weight()  # (V, e) as scored, once per call
             step = max(1, RERANK_FLOATS // max(V, 1))
