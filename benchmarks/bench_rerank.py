@@ -23,12 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from deep_retrieval.blend import Blend, LogMean
 from deep_retrieval.config import load_config
 from deep_retrieval.data.dataset import Dataset
 from deep_retrieval.evaluate import build_methods, evaluate, format_table
 from deep_retrieval.model import DeepRetrieval
-from deep_retrieval.rerank import Reranked
+from deep_retrieval.rerank import Reranked, pick_blend
 
 OUT = Path(__file__).parent / "out"
 
@@ -48,17 +47,11 @@ def run_one(args, ds, ks, overrides, model_dir):
     methods = {"dr": dr, name: scorer, f"dr+{name}": Reranked(dr, scorer)}
     val_rows, blend_choice = [], None
     if args.blend:
-        dr_scores = dr.as_recommenders()["brute-force"]
-        for eps in [float(e) for e in args.eps.split(",")]:
-            for w in [float(x) for x in args.blend.split(",")]:
-                blend = Blend([dr_scores, LogMean(scorer, eps, ds.n_items)], [1.0, w], ds.n_items)
-                r = evaluate(ds, {"b": Reranked(dr, blend)}, ks[:1], split="val",
-                             exclude_history=args.exclude_history, latency_users=0)["results"][0]
-                val_rows.append({"w": w, "eps": eps, "recall": r["recall"], "ndcg": r["ndcg"]})
-                print(f"validation: w {w} eps {eps} recall@{ks[0]} {r['recall']:.4f}", flush=True)
-        best = max(val_rows, key=lambda r: r["recall"])  # the first of equals: the smaller weight
-        blend_choice = {"w": best["w"], "eps": best["eps"]}
-        blend = Blend([dr_scores, LogMean(scorer, best["eps"], ds.n_items)], [1.0, best["w"]], ds.n_items)
+        blend, val_rows = pick_blend(dr, scorer, ds, args.blend.split(","), args.eps.split(","), ks[0],
+                                     args.exclude_history)
+        for r in val_rows:
+            print(f"validation: w {r['w']} eps {r['eps']} recall@{ks[0]} {r['recall']:.4f}", flush=True)
+        blend_choice = {"w": blend.weights[1], "eps": blend.parts[1].eps}
         methods.update({"blend": blend, "dr+blend": Reranked(dr, blend)})
     res = evaluate(ds, methods, ks, split="test", exclude_history=args.exclude_history)
     print(format_table(res), flush=True)

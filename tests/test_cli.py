@@ -147,3 +147,36 @@ def test_demo_quick(tmp_path):
     assert {r["k"] for r in res["results"]} == {10, 50}
     assert 0 <= res["planted"]["path_purity"] <= 1
     assert DeepRetrieval.load(out / "model").n_items == 1000
+
+
+def test_evaluate_rerank_and_blend(workdir, capsys):
+    out = workdir / "res_blend.json"
+    assert main(["evaluate", str(workdir / "data"), "--methods", f"{workdir / 'model'},rp3beta",
+                 "--k", "3,5", "--rerank", "rp3beta", "--blend", "0.5,2", "--blend-eps", "0.01,0.1",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "blend: w " in printed and "validation recall@3" in printed
+    res = json.loads(out.read_text())
+    methods = {r["method"] for r in res["results"]}
+    assert {"dr", "rp3beta", "dr+rp3beta", "blend", "dr+blend"} <= methods
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--blend", "0.5"], "--blend needs --rerank"),
+        (["--rerank", "rp3beta", "--blend", "a,b"], "comma-separated numbers"),
+        (["--rerank", "rp3beta", "--blend", "0.5", "--blend-eps", "0"], "must be > 0"),
+        (["--rerank", "rp3beta", "--blend", "0.5", "--split", "val"], "--split test"),
+        (["--rerank", "nope"], "unknown baseline"),
+    ],
+)
+def test_evaluate_rerank_bad_options(workdir, capsys, extra, message):
+    assert main(["evaluate", str(workdir / "data"), "--methods", str(workdir / "model"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_rerank_needs_a_model(workdir, capsys):
+    assert main(["evaluate", str(workdir / "data"), "--methods", "item-cf", "--rerank", "rp3beta"]) == 2
+    assert "trained model directory" in capsys.readouterr().err

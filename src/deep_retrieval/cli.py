@@ -10,6 +10,7 @@ cannot write; an artefact of the same kind is replaced only with ``--force``.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -27,6 +28,18 @@ def _ints(text: str, what: str, minimum: int | None = None) -> list[int]:
         raise InvalidInputError(f"{what} is empty")
     if minimum is not None and min(out) < minimum:
         raise InvalidInputError(f"{what} must be >= {minimum}, got {min(out)}")
+    return out
+
+
+def _floats(text: str, what: str, positive: bool = False) -> list[float]:
+    try:
+        out = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise InvalidInputError(f"{what} must be comma-separated numbers, got {text!r}") from None
+    if not out or not all(math.isfinite(x) for x in out):
+        raise InvalidInputError(f"{what} must be finite numbers, got {text!r}")
+    if positive and min(out) <= 0:
+        raise InvalidInputError(f"{what} must be > 0, got {min(out)}")
     return out
 
 
@@ -359,7 +372,16 @@ def tune(data, config, overrides, trials, metric, out, space_file, timeout_minut
 @_force_option("results JSON")
 @click.option("--device", default="cpu", show_default=True,
               help="Where DR models compute (cpu, cuda, cuda:N, auto); latencies are then of that device.")
-def evaluate(data, methods, ks, split, exclude_history, json_out, force, device) -> None:
+@click.option("--rerank", "rerank_spec", default=None,
+              help="A baseline as in --methods (e.g. rp3beta:alpha=0.5,beta=0.3): each DR model also "
+                   "gets a row dr+NAME, its B-path candidates ordered by that baseline.")
+@click.option("--blend", "blend_ws", default=None,
+              help="With --rerank: weights w to try, e.g. 0.3,0.5,1. Each DR model also gets rows blend "
+                   "(over all items) and dr+blend: its reranker + w log(baseline score / |history| + eps), "
+                   "w and eps picked by recall at the first k on the validation users.")
+@click.option("--blend-eps", default="0.01", show_default=True, help="With --blend: eps values to try.")
+def evaluate(data, methods, ks, split, exclude_history, json_out, force, device, rerank_spec, blend_ws,
+             blend_eps) -> None:
     """Evaluate models and baselines on a prepared data set's test or validation users."""
     from .artifacts import atomic_write_json
     from .data.dataset import Dataset
@@ -369,6 +391,12 @@ def evaluate(data, methods, ks, split, exclude_history, json_out, force, device)
     from .state import resolve_device
 
     ks_ = _ints(ks, "--k", minimum=1)
+    weights = _floats(blend_ws, "--blend") if blend_ws is not None else None
+    eps = _floats(blend_eps, "--blend-eps", positive=True)
+    if weights is not None and not rerank_spec:
+        raise InvalidInputError("--blend needs --rerank: the baseline to blend with DR's reranker")
+    if weights is not None and split != "test":
+        raise InvalidInputError("--blend picks its weight on the validation users: evaluate on --split test")
     dev = resolve_device(device)
     if json_out:
         model_dirs = [m for m in methods.split(",") if Path(m).exists()]
@@ -378,12 +406,36 @@ def evaluate(data, methods, ks, split, exclude_history, json_out, force, device)
     for rec in recs.values():
         if isinstance(rec, DeepRetrieval):
             rec.to(dev)
+    if rerank_spec:
+        recs.update(_reranked(recs, rerank_spec, ds, weights, eps, ks_[0], exclude_history))
     result = run(ds, recs, ks_, split=split, exclude_history=exclude_history)
     result["dataset"] = str(data)
     click.echo(format_table(result))
     if json_out:
         atomic_write_json(json_out, result)
         click.echo(f"wrote {json_out}")
+
+
+def _reranked(recs: dict, spec: str, ds, weights, eps, k: int, exclude_history: bool) -> dict:
+    """dr+NAME (and with ``weights`` blend, dr+blend) rows for every DR model among ``recs``."""
+    from .evaluate import baseline
+    from .model import DeepRetrieval
+    from .rerank import Reranked, pick_blend
+
+    models = {key: r for key, r in recs.items() if isinstance(r, DeepRetrieval)}
+    if not models:
+        raise InvalidInputError("--rerank needs a trained model directory among --methods")
+    scorer = baseline(spec).fit(ds)
+    name, out = spec.partition(":")[0], {}
+    for key, dr in models.items():
+        prefix = key[: -len("dr")]  # "" or "MODEL/"
+        out[f"{key}+{name}"] = Reranked(dr, scorer)
+        if weights is not None:
+            blend, rows = pick_blend(dr, scorer, ds, weights, eps, k, exclude_history)
+            click.echo(f"{prefix}blend: w {blend.weights[1]} eps {blend.parts[1].eps} (validation recall@{k} "
+                       + ", ".join(f"w {r['w']} eps {r['eps']}: {r['recall']:.4f}" for r in rows) + ")")
+            out[f"{prefix}blend"], out[f"{key}+blend"] = blend, Reranked(dr, blend)
+    return out
 
 
 # ---------------------------------------------------------------------------- retrieve

@@ -17,8 +17,9 @@ from typing import Self
 import numpy as np
 
 from .baselines import _select_top
+from .blend import Blend, LogMean
 from .data.dataset import Dataset, Ragged, as_ragged, pad_ragged
-from .errors import DRError
+from .errors import DRError, InvalidInputError
 from .model import DeepRetrieval
 from .recommender import Recommender, pairs_in_history
 
@@ -60,3 +61,32 @@ class Reranked(Recommender):
     @classmethod
     def load(cls, path) -> Self:
         raise DRError("load the DR model and the scorer separately; Reranked only combines them")
+
+
+def pick_blend(
+    dr: DeepRetrieval, scorer: Recommender, dataset: Dataset, weights, eps=(0.01,), k: int = 10,
+    exclude_history: bool = False,
+) -> tuple[Blend, list[dict]]:
+    """``Blend([dr's reranker, LogMean(scorer, eps)], [1, w])`` with the (w, eps) whose
+    ``Reranked(dr, blend)`` (at the model's B) has the best recall@k on the validation users
+    (the first of equals); ``scorer`` comes fitted. Returns the blend and one row per (w, eps)
+    tried: ``{"w", "eps", "recall", "ndcg"}``. Test users are never read.
+    """
+    from .evaluate import evaluate
+
+    weights, eps = [float(w) for w in weights], [float(e) for e in eps]
+    if not weights or not eps:
+        raise InvalidInputError("pick_blend needs at least one weight and one eps")
+    reranker = dr.as_recommenders()["brute-force"]
+
+    def blend(w: float, e: float) -> Blend:
+        return Blend([reranker, LogMean(scorer, e, dataset.n_items)], [1.0, w], dataset.n_items)
+
+    rows = []
+    for e in eps:
+        for w in weights:
+            r = evaluate(dataset, {"b": Reranked(dr, blend(w, e))}, [k], split="val",
+                         exclude_history=exclude_history, latency_users=0)["results"][0]
+            rows.append({"w": w, "eps": e, "recall": r["recall"], "ndcg": r["ndcg"]})
+    best = max(rows, key=lambda r: r["recall"])
+    return blend(best["w"], best["eps"]), rows
