@@ -341,10 +341,13 @@ def test_rerank_in_small_blocks_gives_the_same_result(model, data, monkeypatch):
         monkeypatch.setattr(m, "DENSE_RERANK", dense)
         monkeypatch.setattr(m, "RERANK_FLOATS", 1 << 25)
         want = model.recommend(data.test.hist, 7)
-        monkeypatch.setattr(m, "RERANK_FLOATS", 1)  # one user per block
-        got = model.recommend(data.test.hist, 7)
-        np.testing.assert_array_equal(want[0], got[0])
-        np.testing.assert_allclose(want[1], got[1], rtol=1e-6)  # a matmul's last bit may depend on its shape
+        for floats, rows in ((1, 32), (1 << 25, 3)):  # one user per block; blocks of 3 by candidate count
+            monkeypatch.setattr(m, "RERANK_FLOATS", floats)
+            monkeypatch.setattr(m, "RERANK_ROWS", rows)
+            got = model.recommend(data.test.hist, 7)
+            np.testing.assert_array_equal(want[0], got[0])
+            np.testing.assert_allclose(want[1], got[1], rtol=1e-6)  # a matmul's last bit: its shape
+        monkeypatch.setattr(m, "RERANK_ROWS", 32)
         if dense == 0:
             gathered = want
     np.testing.assert_array_equal(gathered[0], want[0])  # both ways score the same candidates alike

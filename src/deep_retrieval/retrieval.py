@@ -23,7 +23,8 @@ from .recommender import pairs_in_history
 from .structure import to_flat
 
 RERANK_FLOATS = 1 << 25  # most floats one rerank block gathers (128 MB)
-DENSE_RERANK = 8  # rerank a batch of >= 16 users by one (users, V) matmul when its padded
+RERANK_ROWS = 32  # users per rerank block, taken in order of their candidate counts (cache-sized)
+DENSE_RERANK = 8  # rerank a block of >= 16 users by one (users, V) matmul when its padded
 DENSE_MIN_USERS = 16  # candidate rows hold >= V / 8 items (fewer users: gathering is cheaper)
 
 
@@ -79,8 +80,6 @@ def recommend(
     scored = np.zeros(n, dtype=np.int64)
     if tables is None:
         tables = net.structure.prefix_tables()
-    V = net.reranker.n_items
-    items = None  # (V, e) the item embeddings as scored, made when a batch needs them
     for lo in range(0, n, batch_size):
         rows = np.arange(lo, min(lo + batch_size, n))
         h, lens = padded(hist, cfg, rows, dev)
@@ -93,26 +92,44 @@ def recommend(
                 cands.values[keep], np.bincount(cands.row_ids()[keep], minlength=len(rows))
             )
         scored[rows] = cands.lengths
-        pad, _ = pad_ragged(cands, max_len=int(cands.lengths.max(initial=0)))
-        cand = torch.from_numpy(pad).to(dev)  # (b, m) every candidate, padded -1
-        width = cand.shape[1]
-        if width * DENSE_RERANK >= V and len(rows) >= DENSE_MIN_USERS:  # a matmul beats the gather
+        _rerank(net, u_rr, cands, k, rows, ids, scores)
+    return ids, scores, scored
+
+
+def _rerank(net: DRNet, u_rr: Tensor, cands: Ragged, k: int, rows: np.ndarray, ids: np.ndarray,
+            scores: np.ndarray) -> None:
+    """Write each user's top-k candidates by the reranker into ``ids[rows]`` / ``scores[rows]``.
+
+    Users are taken in blocks of similar candidate counts (sorted), each block padded to its own
+    longest row, so one long row does not pad the whole batch. A block scores its candidates by
+    gathering their embeddings, or, when it has >= ``DENSE_MIN_USERS`` users and its rows hold
+    >= V / ``DENSE_RERANK`` items, by one (users, V) matmul and a gather of the scores.
+    """
+    dev, e, V = u_rr.device, u_rr.shape[1], net.reranker.n_items
+    lengths = cands.lengths
+    order = np.argsort(lengths, kind="stable")  # (b,) users by candidate count
+    items = None  # (V, e) the item embeddings as scored, made when a block needs them
+    i = 0
+    while i < len(order):
+        width = max(1, int(lengths[order[min(len(order), i + RERANK_ROWS) - 1]]))  # sorted: the longest
+        step = max(1, min(RERANK_ROWS, RERANK_FLOATS // (width * e)))  # (rows, m, e) gather under ~128 MB
+        blk = order[i : i + step]
+        i += step
+        width = max(1, int(lengths[blk].max()))
+        pad, _ = pad_ragged(cands, width, blk)
+        cand = torch.from_numpy(pad).to(dev)  # (blk, m) candidates, padded -1
+        u = u_rr[torch.from_numpy(blk).to(dev)]  # (blk, e)
+        if width * DENSE_RERANK >= V and len(blk) >= DENSE_MIN_USERS:  # a matmul beats the gather
             if items is None:
                 items = net.reranker.item_weight()  # (V, e) as scored, once per call
-            step = max(1, RERANK_FLOATS // max(V, 1))
-            blocks = []
-            for i in range(0, len(rows), step):
-                full = net.reranker.user(u_rr[i : i + step]) @ items.T  # (step, V)
-                blocks.append(full.gather(1, cand[i : i + step].clamp(min=0)))  # (step, m)
-            s = torch.cat(blocks).masked_fill(cand < 0, float("-inf"))  # (b, m)
-        else:  # score in row blocks so the (rows, m, e) gather stays under ~128 MB
-            step = max(1, RERANK_FLOATS // max(width * u_rr.shape[1], 1))
-            s = torch.cat([net.reranker.score(u_rr[i : i + step], cand[i : i + step])
-                           for i in range(0, len(rows), step)])  # (b, m), -inf at pads
+            s = (net.reranker.user(u) @ items.T).gather(1, cand.clamp(min=0))  # (blk, m)
+            s = s.masked_fill(cand < 0, float("-inf"))
+        else:
+            s = net.reranker.score(u, cand)  # (blk, m), -inf at pads
         kk = min(k, width)
-        top_s, top_j = torch.topk(s, kk, dim=1)  # (b, kk)
-        top_ids = cand.gather(1, top_j)  # (b, kk)
+        top_s, top_j = torch.topk(s, kk, dim=1)  # (blk, kk)
+        top_ids = cand.gather(1, top_j)  # (blk, kk)
         finite = torch.isfinite(top_s)
-        ids[rows, :kk] = torch.where(finite, top_ids, -1).cpu().numpy()
-        scores[rows, :kk] = torch.where(finite, top_s, float("-inf")).float().cpu().numpy()
-    return ids, scores, scored
+        out = rows[blk]
+        ids[out, :kk] = torch.where(finite, top_ids, -1).cpu().numpy()
+        scores[out, :kk] = torch.where(finite, top_s, float("-inf")).float().cpu().numpy()
