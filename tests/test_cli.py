@@ -149,6 +149,17 @@ def test_demo_quick(tmp_path):
     assert DeepRetrieval.load(out / "model").n_items == 1000
 
 
+def test_evaluate_beam(workdir):
+    out = {}
+    for B in (1, 9):
+        f = workdir / f"res_b{B}.json"
+        assert main(["evaluate", str(workdir / "data"), "--methods", str(workdir / "model"), "--k", "3",
+                     "--beam", str(B), "--json", str(f)]) == 0
+        rows = json.loads(f.read_text())["results"]
+        out[B] = next(r["items_scored_per_user"] for r in rows if r["method"] == "dr")
+    assert out[1] < out[9]  # a wider beam reaches more paths (K = 3, D = 2: 9 paths)
+
+
 def test_evaluate_rerank_and_blend(workdir, capsys):
     out = workdir / "res_blend.json"
     assert main(["evaluate", str(workdir / "data"), "--methods", f"{workdir / 'model'},rp3beta",
@@ -159,6 +170,11 @@ def test_evaluate_rerank_and_blend(workdir, capsys):
     res = json.loads(out.read_text())
     methods = {r["method"] for r in res["results"]}
     assert {"dr", "rp3beta", "dr+rp3beta", "blend", "dr+blend"} <= methods
+    pick = res["blends"]["dr"]
+    tried = [(r["w"], r["eps"]) for r in pick["validation"]]
+    assert tried == [(0.5, 0.01), (2.0, 0.01), (0.5, 0.1), (2.0, 0.1)]
+    best = max(pick["validation"], key=lambda r: r["recall"])
+    assert (pick["w"], pick["eps"]) == (best["w"], best["eps"])
 
 
 @pytest.mark.parametrize(

@@ -372,6 +372,8 @@ def tune(data, config, overrides, trials, metric, out, space_file, timeout_minut
 @_force_option("results JSON")
 @click.option("--device", default="cpu", show_default=True,
               help="Where DR models compute (cpu, cuda, cuda:N, auto); latencies are then of that device.")
+@click.option("--beam", "B", type=click.IntRange(min=1), default=None,
+              help="Beam size B of every DR model (default: each model's own).")
 @click.option("--rerank", "rerank_spec", default=None,
               help="A baseline as in --methods (e.g. rp3beta:alpha=0.5,beta=0.3): each DR model also "
                    "gets a row dr+NAME, its B-path candidates ordered by that baseline.")
@@ -380,7 +382,7 @@ def tune(data, config, overrides, trials, metric, out, space_file, timeout_minut
                    "(over all items) and dr+blend: its reranker + w log(baseline score / |history| + eps), "
                    "w and eps picked by recall at the first k on the validation users.")
 @click.option("--blend-eps", default="0.01", show_default=True, help="With --blend: eps values to try.")
-def evaluate(data, methods, ks, split, exclude_history, json_out, force, device, rerank_spec, blend_ws,
+def evaluate(data, methods, ks, split, exclude_history, json_out, force, device, B, rerank_spec, blend_ws,
              blend_eps) -> None:
     """Evaluate models and baselines on a prepared data set's test or validation users."""
     from .artifacts import atomic_write_json
@@ -406,18 +408,24 @@ def evaluate(data, methods, ks, split, exclude_history, json_out, force, device,
     for rec in recs.values():
         if isinstance(rec, DeepRetrieval):
             rec.to(dev)
+            if B is not None:
+                rec.config.beam.B = B
+    blends: dict = {}
     if rerank_spec:
-        recs.update(_reranked(recs, rerank_spec, ds, weights, eps, ks_[0], exclude_history))
+        recs.update(_reranked(recs, rerank_spec, ds, weights, eps, ks_[0], exclude_history, blends))
     result = run(ds, recs, ks_, split=split, exclude_history=exclude_history)
     result["dataset"] = str(data)
+    if blends:
+        result["blends"] = blends  # per DR model: the w and eps picked, and every validation row
     click.echo(format_table(result))
     if json_out:
         atomic_write_json(json_out, result)
         click.echo(f"wrote {json_out}")
 
 
-def _reranked(recs: dict, spec: str, ds, weights, eps, k: int, exclude_history: bool) -> dict:
-    """dr+NAME (and with ``weights`` blend, dr+blend) rows for every DR model among ``recs``."""
+def _reranked(recs: dict, spec: str, ds, weights, eps, k: int, exclude_history: bool, blends: dict) -> dict:
+    """dr+NAME (and with ``weights`` blend, dr+blend) rows for every DR model among ``recs``;
+    each blend's pick goes into ``blends`` under the DR row's key."""
     from .evaluate import baseline
     from .model import DeepRetrieval
     from .rerank import Reranked, pick_blend
@@ -435,6 +443,8 @@ def _reranked(recs: dict, spec: str, ds, weights, eps, k: int, exclude_history: 
             click.echo(f"{prefix}blend: w {blend.weights[1]} eps {blend.parts[1].eps} (validation recall@{k} "
                        + ", ".join(f"w {r['w']} eps {r['eps']}: {r['recall']:.4f}" for r in rows) + ")")
             out[f"{prefix}blend"], out[f"{key}+blend"] = blend, Reranked(dr, blend)
+            blends[key] = {"scorer": spec, "w": blend.weights[1], "eps": blend.parts[1].eps,
+                           "validation": rows}
     return out
 
 
