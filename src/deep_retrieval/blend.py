@@ -13,7 +13,8 @@ with every item a candidate, gives what it gives over all items:
     blend = Blend([dr_scores, LogMean(RP3beta(...))], [1.0, w]).fit(dataset)
     ids, scores = Reranked(dr, blend).recommend(histories, k)
 
-Pick the weights on validation users (``benchmarks/bench_rerank.py --blend``).
+Pick the weights on validation users: ``rerank.pick_blend`` (used by ``dr evaluate --rerank
+BASELINE --blend W,...`` and ``benchmarks/bench_rerank.py --blend``).
 """
 
 from __future__ import annotations
