@@ -115,7 +115,7 @@ def _rerank(net: DRNet, u_rr: Tensor, cands: Ragged, k: int, rows: np.ndarray, i
         step = max(1, min(RERANK_ROWS, RERANK_FLOATS // (width * e)))  # (rows, m, e) gather under ~128 MB
         blk = order[i : i + step]
         i += step
-        width = max(1, int(lengths[blk].max()))
+        width = max(1, int(lengths[blk[-1]]))  # sorted: the block's longest row
         pad, _ = pad_ragged(cands, width, blk)
         cand = torch.from_numpy(pad).to(dev)  # (blk, m) candidates, padded -1
         u = u_rr[torch.from_numpy(blk).to(dev)]  # (blk, e)
