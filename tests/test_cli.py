@@ -7,6 +7,7 @@ import pytest
 
 from deep_retrieval.cli import main
 from deep_retrieval.data.dataset import Dataset
+from deep_retrieval.data.latent import LatentTruth
 from deep_retrieval.model import DeepRetrieval
 
 TINY = """
@@ -137,15 +138,34 @@ def test_synth_cli(tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+def test_synth_cli_latent(tmp_path, capsys):
+    out = tmp_path / "lat"
+    assert main(["synth", "--preset", "latent", "--out", str(out), "--items", "300", "--users", "200",
+                 "--interactions", "4000", "--val-users", "20", "--test-users", "20", "--dim", "4"]) == 0
+    assert Dataset.load(out).n_items == 300
+    assert LatentTruth.load(out).item_factors.shape == (300, 4)
+    assert main(["synth", "--preset", "latent", "--out", str(out), "--force", "--items", "400", "--users",
+                 "200", "--interactions", "4000", "--val-users", "20", "--test-users", "20"]) == 0
+    assert Dataset.load(out).n_items == 400  # --force replaces a synthetic data set
+    capsys.readouterr()
+    for args, msg in ((["--preset", "latent", "--clusters", "5"], "--clusters: not used by --preset latent"),
+                      (["--beta", "2"], "--beta: not used by --preset default"),
+                      (["--preset", "latent", "--dim", "0"], "dim must be >= 1")):
+        assert main(["synth", "--out", str(tmp_path / "bad"), *args]) == 2
+        assert msg in capsys.readouterr().err
+        assert not (tmp_path / "bad").exists()
+
+
 def test_demo_quick(tmp_path):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     for f in ("report.md", "results.json", "paths.png", "training.png", "model/config.toml"):
         assert (out / f).is_file(), f
     res = json.loads((out / "results.json").read_text())
-    assert {r["method"] for r in res["results"]} == {"dr", "brute-force", "item-cf", "popularity"}
-    assert {r["k"] for r in res["results"]} == {10, 50}
-    assert 0 <= res["planted"]["path_purity"] <= 1
+    assert {r["method"] for r in res["results"]} == {"dr", "brute-force", "item-cf", "rp3beta", "ease",
+                                                     "popularity"}
+    assert {r["k"] for r in res["results"]} == {10, 50} and res["exclude_history"]
+    assert -1 <= res["planted"]["path_cohesion_shuffled"] < res["planted"]["path_cohesion"] <= 1
     assert DeepRetrieval.load(out / "model").n_items == 1000
 
 

@@ -91,7 +91,8 @@ def _is_dataset(p: Path) -> bool:
 
 KINDS: dict[str, Kind] = {
     "dataset": Kind("prepared data set", _is_dataset),
-    "synth": Kind("synthetic data set", lambda p: _is_dataset(p) and (p / "planted.npz").is_file()),
+    "synth": Kind("synthetic data set", lambda p: _is_dataset(p) and ((p / "planted.npz").is_file()
+                                                                   or (p / "latent.npz").is_file())),
     "model": Kind(
         "model",
         lambda p: p.is_dir()

@@ -140,36 +140,53 @@ def prepare(inputs, out, force, fmt, protocol, chunks, base_fraction, min_histor
 @cli.command()
 @click.option("--out", required=True, help="Output data set directory (written atomically).")
 @_force_option("synthetic data set")
-@click.option("--preset", type=click.Choice(["demo", "default", "large", "personal"]), default="default",
-              show_default=True,
-              help="demo: 5k items; default: 100k; large: 1.5M items; personal: --items (default 100k) "
-                   "in communities of 40, users drawn to 6 of them (sizes scale with --items).")
+@click.option("--preset", type=click.Choice(["demo", "default", "large", "personal", "latent"]),
+              default="default", show_default=True,
+              help="demo: 5k items in planted clusters; default: 100k; large: 1.5M items; personal: --items "
+                   "(default 100k) "
+                   "in communities of 40, users drawn to 6 of them (sizes scale with --items); "
+                   "latent: 5k items, users draw from a softmax over low-rank factors + popularity "
+                   "(no clusters; the data of `dr demo`).")
 @click.option("--items", "n_items", type=int, default=None, help="Number of items (preset's by default).")
 @click.option("--users", "n_users", type=int, default=None, help="Number of users (preset's by default).")
 @click.option("--interactions", "n_interactions", type=int, default=None,
               help="Total interactions to draw (preset's by default).")
-@click.option("--clusters", "n_clusters", type=int, default=None, help="0 = auto (V/50).")
+@click.option("--clusters", "n_clusters", type=int, default=None, help="0 = auto (V/50). Not with latent.")
 @click.option("--item-zipf", type=float, default=None,
-              help="Popularity skew inside a cluster (Zipf exponent; preset's value by default).")
+              help="Popularity skew of the items (inside a cluster; Zipf exponent; preset's value "
+                   "by default).")
 @click.option("--cluster-zipf", type=float, default=None,
-              help="Popularity skew across clusters (Zipf exponent; preset's value by default).")
+              help="Popularity skew across clusters (Zipf exponent; preset's value by default). "
+                   "Not with latent.")
+@click.option("--dim", type=int, default=None, help="latent only: rank of the factors (default 16).")
+@click.option("--beta", type=float, default=None,
+              help="latent only: strength of taste against popularity (default 3).")
 @click.option("--val-users", type=int, default=None, help="Validation users (preset's by default).")
 @click.option("--test-users", type=int, default=None, help="Test users (preset's by default).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the generator.")
 def synth(out, force, preset, seed, **kw) -> None:
-    """Generate synthetic interactions with planted clusters (and write the planted truth)."""
+    """Generate synthetic interactions with planted clusters or latent factors (and write the truth)."""
     from dataclasses import replace
 
+    from .data.latent import LatentConfig, synth_latent
     from .data.synth import SynthConfig
     from .data.synth import synth as run
 
+    only = ("n_clusters", "cluster_zipf") if preset == "latent" else ("dim", "beta")
+    given = [k for k in only if kw.get(k) is not None]
+    if given:
+        names = ", ".join("--" + {"n_clusters": "clusters"}.get(k, k).replace("_", "-") for k in given)
+        raise DRError(f"{names}: not used by --preset {preset}")
     _check_out(out, "synth", force)
+    kw = {k: v for k, v in kw.items() if v is not None and k not in only}
+    if preset == "latent":
+        synth_latent(out, replace(LatentConfig(seed=seed), **kw), log=click.echo)
+        return
     if preset == "personal":  # its sizes follow the number of items
-        base = SynthConfig.personal(kw.pop("n_items") or 100_000, seed=seed)
+        base = SynthConfig.personal(kw.pop("n_items", None) or 100_000, seed=seed)
     else:
         base = {"demo": SynthConfig.demo, "large": SynthConfig.large}.get(preset, SynthConfig)(seed=seed)
-    cfg = replace(base, **{k: v for k, v in kw.items() if v is not None})
-    run(out, cfg, log=click.echo)
+    run(out, replace(base, **kw), log=click.echo)
 
 
 # ---------------------------------------------------------------------------- train
