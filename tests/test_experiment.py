@@ -107,3 +107,18 @@ def test_results_are_written_after_every_seed(setup, tmp_path, monkeypatch):
     exp = ExperimentConfig.from_toml(setup / "tiny_exp.toml")
     run(exp, setup, tmp_path, log=lambda _: None)
     assert seen == [(False, [0]), (True, [0, 1])]
+
+
+def test_twin_trains_as_many_epochs_as_the_softmax_model_dr_serves():
+    from deep_retrieval.experiment import twin_config
+
+    joint = [{"epoch": e, "phase": "joint"} for e in (1, 2, 3, 4, 5)]
+    dr_only = [{"epoch": 6, "phase": "dr"}]
+    fixed = tiny_config(train__epochs_joint=5)
+    assert twin_config(fixed, joint + dr_only) is fixed  # no early stopping: DR's own config
+    early = tiny_config(train__epochs_joint=30, train__patience=3)
+    assert twin_config(early, joint + dr_only).train.epochs_joint == 5  # stopped after 5
+    joint[-1]["restored_epoch"] = 2
+    got = twin_config(early, joint + dr_only)
+    assert got.train.epochs_joint == 2 and early.train.epochs_joint == 30  # rolled back to 2; a copy
+    assert got.structure == early.structure and got.train.lr == early.train.lr

@@ -15,7 +15,8 @@ An experiment file (TOML) names the data, the DR config and what to report::
 Flow: prepare the data once (into a temporary directory), fit popularity and Item-CF
 once (they have no seed), then for every seed train DR and its YouTube-DNN twin (DR's
 encoder + sampled softmax trained alone, retrieved by brute force: the paper's "brute
-force") and evaluate on the test users:
+force"; as many epochs as the softmax model DR serves, see ``twin_config``) and evaluate on
+the test users:
 
     item-cf, popularity                       the simple baselines
     rp3beta, ease                             item-item baselines, each tuned on the validation
@@ -37,7 +38,7 @@ import os
 import platform
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,20 @@ def prepare_data(exp: ExperimentConfig, data_root, out, log=print):
     )
 
 
+def twin_config(cfg: Config, dr_log: list[dict]) -> Config:
+    """The twin's config: DR's, trained for as many epochs as the softmax model DR serves.
+
+    Without early stopping that is ``train.epochs_joint``. With it (``train.patience``), the
+    joint epochs DR ran, or the epoch it rolled back to (``restored_epoch``), so that the
+    twin is not trained past the point DR's own softmax model was kept at.
+    """
+    joint = [e for e in dr_log if e.get("phase") == "joint"]
+    if not cfg.train.patience or not joint:
+        return cfg
+    epochs = next((e["restored_epoch"] for e in joint if "restored_epoch" in e), joint[-1]["epoch"])
+    return replace(cfg, train=replace(cfg.train, epochs_joint=int(epochs)))
+
+
 def run(exp: ExperimentConfig, data_root, results_dir="results", log=print) -> dict:
     """Run the experiment and write ``results_dir/<name>/{results.json, table.md}``."""
     from .baselines import EASE, HNSW, BruteForce, ItemCF, Popularity, RP3beta
@@ -188,7 +203,7 @@ def run(exp: ExperimentConfig, data_root, results_dir="results", log=print) -> d
         t_dr = time.perf_counter() - t0
         log(f"{exp.name}: seed {seed}: YouTube-DNN")
         t0 = time.perf_counter()
-        yt = YouTubeDNN(cfg).fit(ds, log=log)
+        yt = YouTubeDNN(twin_config(cfg, dr.log)).fit(ds, log=log)
         t_yt = time.perf_counter() - t0
         emb = dr.net.reranker.item_embeddings()
         methods = {"youtube-dnn": yt, "dr": dr, "dr-exact": BruteForce(emb, encode=dr.user_embeddings)}
