@@ -21,7 +21,12 @@ embeddings:
   planted top-200 (the best any model can do).
 
 ``--users N`` draws N users (50 interactions each) instead of the preset's ``V // 5``: more
-interactions per item. ``--kmeans-after N`` (not in the paper; measured and not kept, see
+interactions per item. ``--latent`` generates latent-factor data instead
+(``deep_retrieval.data.latent``, rank 16, beta 3, the same users and interactions): there the
+reranker can be good (docs/choices.md, ``dr demo``), and its quality is measured against the
+true factors: the overlap of its exact top-200 with the users' true top-200
+(``LatentTruth.top``) and the true top-200's held-out recall; the community shares and purity
+are then left out. ``--kmeans-after N`` (not in the paper; measured and not kept, see
 docs/choices.md) replaces the paths after N joint epochs by a k-means tree of the reranker's
 item embeddings (leaves of ~20 items, each item on its J nearest leaves) and empties the
 score table; training then goes on as usual.
@@ -49,6 +54,7 @@ import torch  # noqa: E402
 from deep_retrieval.baselines import ItemCF  # noqa: E402
 from deep_retrieval.config import load_config  # noqa: E402
 from deep_retrieval.data.dataset import Ragged  # noqa: E402
+from deep_retrieval.data.latent import LatentConfig, generate_latent  # noqa: E402
 from deep_retrieval.data.synth import SynthConfig, cluster_purity, generate, planted_top  # noqa: E402
 from deep_retrieval.fast import Retriever  # noqa: E402
 from deep_retrieval.metrics import compute  # noqa: E402
@@ -127,6 +133,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--users", type=int, default=0, help="users (50 interactions each); 0 = the preset's")
     ap.add_argument("--kmeans-after", type=int, default=0, help="k-means paths after N joint epochs")
+    ap.add_argument("--latent", action="store_true", help="latent-factor data instead of communities")
     ap.add_argument("--label", default="")
     ap.add_argument("--out", default=str(OUT / "personal_probe.json"))
     a = ap.parse_args()
@@ -136,7 +143,13 @@ def main() -> None:
     sc = SynthConfig.personal(n_items=V, seed=a.seed)
     if a.users:
         sc = dataclasses.replace(sc, n_users=a.users, n_interactions=50 * a.users)
-    ds, planted = generate(sc)
+    if a.latent:
+        n_eval = min(1_000, sc.n_users // 10)
+        lc = LatentConfig(n_items=V, n_users=sc.n_users, n_interactions=sc.n_interactions,
+                          val_users=n_eval, test_users=n_eval, seed=a.seed)
+        (ds, latent), planted = generate_latent(lc), None
+    else:
+        ds, planted = generate(sc)
     t_data = time.perf_counter() - t0
     cfg = load_config(a.config, [f"train.epochs_joint={a.epochs}", f"train.patience={a.patience}",
                                  "train.val_k=200", "train.threads=1", "train.progress=false",
@@ -157,7 +170,8 @@ def main() -> None:
         m._adopt(train(state, ds, log=log), ds.item_ids)
     else:
         m = DeepRetrieval(cfg).fit(ds, log=log)
-    res: dict = {"label": a.label, "V": V, "users": sc.n_users, "kmeans_after": a.kmeans_after,
+    res: dict = {"label": a.label, "V": V, "users": sc.n_users, "data": "latent" if a.latent else "personal",
+                 "kmeans_after": a.kmeans_after,
                  "overrides": a.overrides, "data_s": t_data,
                  "train_s": time.perf_counter() - t0, "epochs": len(m.log),
                  "val_recall_200": [e.get("val_recall@200") for e in m.log], "paths": m.log[-1]["paths"]}
@@ -171,12 +185,16 @@ def main() -> None:
         return compute(ids, held_out, [TOPK])[TOPK]["recall"]
 
     # how good is the reranker? its exact top-200 against the planted story
-    ic = planted.item_clusters  # (V, W) -1 padded
-    mine = planted.user_end[users].astype(np.int64)  # (n, slots) the users' communities
-    in_comm = (ic[truth][:, :, :, None] == mine[:, None, None, :]).any(axis=(2, 3))  # (n, TOPK)
-    best = planted_top(planted, sc.noise, TOPK, users)  # (n, TOPK)
+    if a.latent:
+        best = latent.top(users, TOPK)  # (n, TOPK) the true top-200
+        in_comm = None
+    else:
+        ic = planted.item_clusters  # (V, W) -1 padded
+        mine = planted.user_end[users].astype(np.int64)  # (n, slots) the users' communities
+        in_comm = (ic[truth][:, :, :, None] == mine[:, None, None, :]).any(axis=(2, 3))  # (n, TOPK)
+        best = planted_top(planted, sc.noise, TOPK, users)  # (n, TOPK)
     res["reranker"] = {
-        "share_in_user_communities": float(in_comm.mean()),
+        "share_in_user_communities": None if in_comm is None else float(in_comm.mean()),
         "overlap_with_planted_top200": float(np.mean([len(np.intersect1d(t, b[b >= 0])) / TOPK
                                                       for t, b in zip(truth, best, strict=True)])),
         "recall_200_held_out": {"brute_force": r200(truth), "planted_top200": r200(best),
@@ -193,7 +211,8 @@ def main() -> None:
     K, D = cfg.structure.K, cfg.structure.D
     top_node = assignment // K ** (D - 1)  # (V, J) layer-0 node of every path
     shuffled = top_node[np.random.default_rng(0).permutation(V)]
-    res["layer0_purity"] = [_node_purity(t, planted.item_clusters) for t in (top_node, shuffled)]
+    res["layer0_purity"] = None if a.latent else [_node_purity(t, planted.item_clusters)
+                                                   for t in (top_node, shuffled)]
     print("layer-0 community purity (model, items shuffled):", res["layer0_purity"], flush=True)
     res["dr"] = []
     for B in BEAMS:
@@ -203,6 +222,11 @@ def main() -> None:
                "recall_200_held_out": r200(found),
                "not_on_beamed_path": off_beam, "on_unreachable_path": unreachable,
                "paths_reached_by_any_user": n_reached}
+        if B == BEAMS[-1]:  # who are the misses? training counts of missed vs all exact top-200 items
+            counts = ds.item_counts()  # (V,)
+            missed = np.concatenate([np.setdiff1d(t, f) for t, f in zip(truth, found, strict=True)])
+            row["train_count_median_missed_vs_all"] = [
+                float(np.median(counts[missed])) if len(missed) else None, float(np.median(counts[truth]))]
         res["dr"].append(row)
         print(row, flush=True)
     print(json.dumps({k: v for k, v in res.items() if k != "dr"}, default=float), flush=True)
