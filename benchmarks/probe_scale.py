@@ -6,7 +6,8 @@ DR against the exact top-200 of its own reranker at several B, batched (512 test
 
 Also reports how spread the exact top-200 lists are over users (distinct items, share in the
 200 most common): with little training the reranker is mostly popularity and recall is easy.
-No latency targets here (batched times only); bench_scale.py is the benchmark.
+Batch-1 latency (median over up to 200 test users, ``bench_scale.per_call_ms``) of DR per B and
+of exact numpy search in the same run; no targets here, bench_scale.py is the benchmark.
 """
 
 from __future__ import annotations
@@ -57,18 +58,20 @@ def main() -> None:
     t0 = time.perf_counter()
     truth = bs.exact_numpy(E, U, bs.TOPK)
     res["exact_ms_per_user_b512"] = (time.perf_counter() - t0) / len(U) * 1e3
+    res["exact_b1"] = bs.per_call_ms(lambda u: bs.exact_numpy(E, u, bs.TOPK), U[:200])
     ids, cnt = np.unique(truth, return_counts=True)
     common = np.isin(truth, ids[np.argsort(-cnt)[: bs.TOPK]]).mean()
     res["exact_top200_spread"] = {"users": len(U), "distinct_items": int(len(ids)),
                                   "share_in_200_most_common": float(common)}
     r = Retriever.from_model(m)
     res["dr"] = []
-    for B in (10, 50, 100, 200, 400):
+    for B in (10, 25, 50, 100, 200, 400):
         t0 = time.perf_counter()
         found, _, n_cand = r.search(U, U, bs.TOPK, B)
         res["dr"].append({"B": B, "recall_at_200": bs.recall(found, truth),
                           "candidates_mean": float(n_cand.mean()),
-                          "ms_per_user_b512": (time.perf_counter() - t0) / len(U) * 1e3})
+                          "ms_per_user_b512": (time.perf_counter() - t0) / len(U) * 1e3,
+                          "b1": bs.per_call_ms(lambda u, B=B: r.search(u, u, bs.TOPK, B), U[:200])})
         print(res["dr"][-1], flush=True)
     Path(a.out).write_text(json.dumps(res, indent=1, default=float) + "\n")
     print(json.dumps({k: v for k, v in res.items() if k not in ("config", "dr")}, default=float))
