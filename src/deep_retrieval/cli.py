@@ -172,13 +172,13 @@ def synth(out, force, preset, seed, **kw) -> None:
     from .data.synth import SynthConfig
     from .data.synth import synth as run
 
-    only = ("n_clusters", "cluster_zipf") if preset == "latent" else ("dim", "beta")
-    given = [k for k in only if kw.get(k) is not None]
+    unused = ({"--clusters": "n_clusters", "--cluster-zipf": "cluster_zipf"} if preset == "latent"
+              else {"--dim": "dim", "--beta": "beta"})  # options of the other generator
+    given = [opt for opt, key in unused.items() if kw[key] is not None]
     if given:
-        names = ", ".join("--" + {"n_clusters": "clusters"}.get(k, k).replace("_", "-") for k in given)
-        raise DRError(f"{names}: not used by --preset {preset}")
+        raise DRError(f"{', '.join(given)}: not used by --preset {preset}")
     _check_out(out, "synth", force)
-    kw = {k: v for k, v in kw.items() if v is not None and k not in only}
+    kw = {k: v for k, v in kw.items() if v is not None and k not in unused.values()}
     if preset == "latent":
         synth_latent(out, replace(LatentConfig(seed=seed), **kw), log=click.echo)
         return

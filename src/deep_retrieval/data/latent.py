@@ -31,10 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..artifacts import atomic_dir, atomic_write_bytes
+from ..artifacts import atomic_write_bytes
 from ..errors import DRError
 from .dataset import Dataset, Ragged
-from .synth import _lengths, _user_split
+from .synth import _lengths, _user_split, write_synthetic
 
 _PAIRS = 1 << 22  # (user, item) scores held at once while drawing
 
@@ -167,15 +167,7 @@ def synth_latent(out, cfg: LatentConfig, log=print) -> Dataset:
     """Generate and write the data set directory ``out`` (Dataset + latent.npz), atomically."""
     t0 = time.perf_counter()
     ds, truth = generate_latent(cfg)
-    c = ds.manifest["counts"]
-    log(f"synth: {ds.n_items:,} items, {ds.n_users:,} users, {c['interactions']:,} interactions "
-        f"(mean length {c['mean_seq_len']:.1f}), latent factors of rank {cfg.dim}, "
-        f"generated in {time.perf_counter() - t0:.1f}s")
-    with atomic_dir(out, "synth") as tmp:
-        ds.save(tmp)
-        truth.save(tmp / "latent.npz")
-    log(f"synth: wrote {out} in {time.perf_counter() - t0:.1f}s")
-    return ds
+    return write_synthetic(out, ds, truth, f"latent factors of rank {cfg.dim}", t0, log)
 
 
 def factor_cohesion(groups: Ragged, item_factors: np.ndarray) -> float:

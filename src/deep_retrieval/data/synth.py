@@ -309,15 +309,20 @@ def synth(out, cfg: SynthConfig, log=print) -> Dataset:
     """Generate and write the data set directory ``out`` (Dataset + planted.npz), atomically."""
     t0 = time.perf_counter()
     ds, planted = generate(cfg)
+    return write_synthetic(out, ds, planted, f"{planted.n_clusters:,} clusters", t0, log)
+
+
+def write_synthetic(out, ds: Dataset, truth, what: str, t0: float, log=print) -> Dataset:
+    """Log a generated set's sizes, then write ``out`` atomically: the Dataset and ``truth``
+    (``Planted`` or ``LatentTruth``; its ``save`` names its own file in the directory)."""
     c = ds.manifest["counts"]
     log(
         f"synth: {ds.n_items:,} items, {ds.n_users:,} users, {c['interactions']:,} interactions "
-        f"(mean length {c['mean_seq_len']:.1f}), {planted.n_clusters:,} clusters, "
-        f"generated in {time.perf_counter() - t0:.1f}s"
+        f"(mean length {c['mean_seq_len']:.1f}), {what}, generated in {time.perf_counter() - t0:.1f}s"
     )
     with atomic_dir(out, "synth") as tmp:
         ds.save(tmp)  # its own atomic write inside ours
-        planted.save(tmp / "planted.npz")
+        truth.save(tmp)
     log(f"synth: wrote {out} in {time.perf_counter() - t0:.1f}s")
     return ds
 
