@@ -211,6 +211,10 @@ def synth(out, force, preset, seed, **kw) -> None:
 def train(data, config, overrides, out, force, device, checkpoint_every, resume) -> None:
     """Train Deep Retrieval on a prepared data set.
 
+    With a [blend] table in the config (e.g. --set blend.scorer=rp3beta), training ends by
+    fitting that baseline and picking the blend's weight on the validation users; the saved
+    model then ranks its candidates by the blend (README, "A model that carries its blend").
+
     Data parallel on several processes or machines: `torchrun --nproc_per_node N -m
     deep_retrieval.cli train ...` (gloo on CPUs, NCCL on GPUs; rank 0 writes the model and
     the checkpoints, every rank resumes from them).
@@ -447,9 +451,13 @@ def _reranked(recs: dict, spec: str, ds, weights, eps, k: int, exclude_history: 
     from .model import DeepRetrieval
     from .rerank import Reranked, pick_blend
 
-    models = {key: r for key, r in recs.items() if isinstance(r, DeepRetrieval)}
+    models = {key: r for key, r in recs.items() if key == "dr" or key.endswith("/dr")}  # own reranker
+    models = {key: r if isinstance(r, DeepRetrieval) else r.model for key, r in models.items()}
     if not models:
         raise InvalidInputError("--rerank needs a trained model directory among --methods")
+    if weights is not None and any(dr.blend_scorer is not None for dr in models.values()):
+        raise InvalidInputError("--blend: a model among --methods already carries a blend picked at "
+                                "training (its rows dr+blend and blend): leave --blend out")
     scorer = baseline(spec).fit(ds)
     name, out = spec.partition(":")[0], {}
     for key, dr in models.items():
@@ -477,7 +485,7 @@ def _reranked(recs: dict, spec: str, ds, weights, eps, k: int, exclude_history: 
 @click.option("--exclude-history", is_flag=True, help="Never return an item of the history.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def retrieve(model_dir, history, k, B, dense, exclude_history, as_json) -> None:
-    """Retrieve the top-k items for one behaviour history."""
+    """Retrieve the top-k items for one behaviour history (ranked by the model's blend if it has one)."""
     from .model import DeepRetrieval
 
     model = DeepRetrieval.load(model_dir)

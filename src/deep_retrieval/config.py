@@ -16,6 +16,7 @@ unknown keys or wrong types are errors::
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -124,6 +125,19 @@ class TrainConfig:
 
 
 @dataclass
+class BlendConfig:
+    """Blended final scoring (``blend.py``), fitted after training: DR's candidates are ranked
+    by the reranker's score + w * log(max(s, 0) / |history| + eps), s the score of ``scorer``
+    (an item-item baseline fitted on the training rows). w and eps are picked on the
+    validation users (recall@train.val_k of DR at beam.B); w = 0 is the reranker alone."""
+
+    scorer: str = ""  # "" = off; a baseline as `dr evaluate` names it, e.g. "rp3beta:alpha=0.5,beta=0.3"
+    weights: tuple[float, ...] = (0.0, 0.25, 1.0, 4.0, 16.0, 64.0)  # the w tried (0: no blend)
+    eps: tuple[float, ...] = (0.01, 0.1)  # the eps tried
+    exclude_history: bool = False  # pick w with history items excluded (as a given-split set is scored)
+
+
+@dataclass
 class Config:
     structure: StructureConfig = field(default_factory=StructureConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -131,6 +145,7 @@ class Config:
     em: EMConfig = field(default_factory=EMConfig)
     beam: BeamConfig = field(default_factory=BeamConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    blend: BlendConfig = field(default_factory=BlendConfig)
 
     # ------------------------------------------------------------------ I/O
     @classmethod
@@ -190,10 +205,26 @@ class Config:
              "train.epochs_joint = train.epochs_dr = 0: nothing would be trained"),
             (self.train.threads >= 0,
              f"train.threads must be >= 0 (0: torch's default), got {self.train.threads}"),
+            (len(self.blend.weights) > 0 and all(math.isfinite(w) and w >= 0 for w in self.blend.weights),
+             f"blend.weights must be a non-empty list of finite numbers >= 0, got {list(self.blend.weights)}"
+             ),
+            (len(self.blend.eps) > 0 and all(math.isfinite(x) and x > 0 for x in self.blend.eps),
+             f"blend.eps must be a non-empty list of finite numbers > 0, got {list(self.blend.eps)}"),
         ]
         for ok, msg in checks:
             if not ok:
                 raise DRError(f"invalid config: {msg}")
+        if self.blend.scorer:
+            from .evaluate import baseline  # the spec's name and parameters, checked now
+            from .recommender import Recommender
+
+            try:
+                scorer = baseline(self.blend.scorer)
+            except DRError as e:
+                raise DRError(f"invalid config: blend.scorer: {e}") from None
+            if type(scorer).score_items is Recommender.score_items:
+                raise DRError(f"invalid config: blend.scorer: {scorer.name} cannot score a candidate "
+                              "subset; use item-cf, rp3beta, ease or als")
         return self
 
 

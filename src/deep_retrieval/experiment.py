@@ -25,6 +25,10 @@ the test users:
     dr                                        beam search (B) + rerank
     dr-exact                                  DR's own reranker over all V items
     hnsw                                      faiss HNSW over DR's reranker embeddings
+    dr+blend, blend                           with a [blend] in the DR config: DR's candidates
+                                              ranked by the blend (as the model serves), and the
+                                              blend over all items (where w = 0 was picked: DR
+                                              and its reranker over all items)
 
 ``results/<name>/results.json`` keeps every seed's numbers and the mean and standard
 deviation (ddof = 1) per method, k and metric; ``results/<name>/table.md`` shows
@@ -48,7 +52,8 @@ from .config import Config, _build, load_config, read_toml
 from .errors import DRError
 
 METRICS = ("precision", "recall", "f1", "ndcg")
-ORDER = ("item-cf", "rp3beta", "ease", "popularity", "youtube-dnn", "dr", "dr-exact", "hnsw")
+ORDER = ("item-cf", "rp3beta", "ease", "popularity", "youtube-dnn", "dr", "dr-exact", "hnsw", "dr+blend",
+         "blend")
 LABELS = {
     "item-cf": "Item-CF",
     "rp3beta": "RP3beta (tuned on validation)",
@@ -58,6 +63,8 @@ LABELS = {
     "dr": "DR (beam + rerank)",
     "dr-exact": "DR's reranker, brute force",
     "hnsw": "HNSW on DR's embeddings",
+    "dr+blend": "DR + blend (as it serves)",
+    "blend": "the blend, brute force",
 }
 
 
@@ -124,6 +131,7 @@ class ExperimentConfig:
         cfg = load_config(self.dr_config, self.dr_set)
         cfg.train.seed = seed
         cfg.train.progress = False
+        cfg.blend.exclude_history = self.exclude_history  # a blend is picked as the test users are scored
         if self.threads:
             cfg.train.threads = self.threads
         return cfg.validate()
@@ -206,7 +214,9 @@ def run(exp: ExperimentConfig, data_root, results_dir="results", log=print) -> d
         yt = YouTubeDNN(twin_config(cfg, dr.log)).fit(ds, log=log)
         t_yt = time.perf_counter() - t0
         emb = dr.net.reranker.item_embeddings()
-        methods = {"youtube-dnn": yt, "dr": dr, "dr-exact": BruteForce(emb, encode=dr.user_embeddings)}
+        recs = dr.as_recommenders()  # "dr" is DR with its own reranker; a blend adds "dr+blend", "blend"
+        methods = {"youtube-dnn": yt, "dr-exact": BruteForce(emb, encode=dr.user_embeddings),
+                   **{key: rec for key, rec in recs.items() if key != "brute-force"}}
         if exp.hnsw:
             methods["hnsw"] = HNSW(emb, encode=dr.user_embeddings, ef_search=exp.hnsw_ef).fit(None)
         t0 = time.perf_counter()
@@ -309,6 +319,9 @@ def table(out: dict) -> str:
         lines.append(f"\nDR recall / YouTube-DNN recall: {ratio('youtube-dnn')}.")
     if "dr" in summ and "dr-exact" in summ:
         lines.append(f"DR recall / its own reranker by brute force: {ratio('dr-exact')}.")
+    if "dr+blend" in summ and "blend" in summ:
+        lines.append("DR + blend recall / the blend by brute force: " + ", ".join(
+            f"@{k} {recall_ratio(summ, 'dr+blend', 'blend', k):.3f}" for k in ks) + ".")
     if dr_runs:
         t = np.mean([r["seconds_train_dr"] for r in dr_runs])
         ty = np.mean([r["seconds_train_youtube_dnn"] for r in dr_runs])

@@ -269,7 +269,7 @@ class Retriever:
     # ------------------------------------------------------------------ search
     def search(
         self, u_str: np.ndarray, u_rr: np.ndarray, k: int, B: int, chunk: int = 32,
-        drop=None, exclude=None, allow=None,
+        drop=None, exclude=None, allow=None, extra=None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Beam search (B paths) -> candidates -> filters -> inner-product rerank -> top-k.
 
@@ -281,6 +281,11 @@ class Retriever:
         and n_candidates (n,) distinct items reranked per user (after the filters).
         Users go through in blocks of ``chunk``, so that a block's (chunk, B, H) and
         (chunk, candidates, e) temporaries stay in cache.
+
+        ``extra(users, cands)``: a term added to the inner products before the top-k (a blend's
+        ``w * LogMean(scorer)``): ``users`` (b,) the positions of a block's users among the n,
+        ``cands`` their candidates after the filters (a Ragged of b rows, ascending within a
+        row when b > 1); it returns one float32 per candidate, in ``cands.values``' order.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
@@ -294,14 +299,15 @@ class Retriever:
         exclude = None if exclude is None else unique_sorted(np.asarray(exclude, dtype=np.int64))
         allow = None if allow is None else unique_sorted(np.asarray(allow, dtype=np.int64))
         if n <= chunk:
-            return self._search(u_str, u_rr, k, B, drop, exclude, allow)
+            return self._search(u_str, u_rr, k, B, drop, exclude, allow, extra, np.arange(n))
         parts = [self._search(u_str[lo : lo + chunk], u_rr[lo : lo + chunk], k, B,
                               None if drop is None else drop.take(np.arange(lo, min(lo + chunk, n))),
-                              exclude, allow)
+                              exclude, allow, extra, np.arange(lo, min(lo + chunk, n)))
                  for lo in range(0, n, chunk)]
         return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
 
-    def _search(self, u_str, u_rr, k: int, B: int, drop: Ragged | None, exclude, allow):
+    def _search(self, u_str, u_rr, k: int, B: int, drop: Ragged | None, exclude, allow, extra=None,
+                users: np.ndarray | None = None):
         n = u_rr.shape[0]
         paths, _ = self.beam(u_str, B)  # (n, B', D)
         items, row, lengths = self.candidates(to_flat(paths, self.K))  # (total,), (total,), (n,)
@@ -320,16 +326,23 @@ class Retriever:
         m = int(lengths.max(initial=0))  # widest row
         if m == 0:
             return ids, scores, lengths
+        add = None
+        if extra is not None:  # (total,) one term per candidate, in items' order
+            add = np.asarray(extra(users, Ragged.from_lengths(items, lengths)), dtype=np.float32)
         if n == 1:
             s = self._scores(items, u_rr[0])[None, :]  # (1, m)
+            if add is not None:
+                s = s + add[None, :]
             cand = items[None, :]  # (1, m)
         else:  # one user at a time (rows are contiguous), padded to (n, m)
             s = np.full((n, m), -np.inf, dtype=np.float32)  # (n, m)
             cand = np.full((n, m), -1, dtype=np.int64)  # (n, m)
             ends = np.cumsum(lengths)
             for i in range(n):
-                mine = items[ends[i] - lengths[i] : ends[i]]  # (m_i,)
-                s[i, : len(mine)] = self._scores(mine, u_rr[i])
+                lo, hi = ends[i] - lengths[i], ends[i]
+                mine = items[lo:hi]  # (m_i,)
+                s[i, : len(mine)] = self._scores(mine, u_rr[i]) if add is None else (
+                    self._scores(mine, u_rr[i]) + add[lo:hi])
                 cand[i, : len(mine)] = mine
         kk = min(k, m)
         top = _top_sorted(s, kk)  # (n, kk) best first

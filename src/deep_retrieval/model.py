@@ -13,8 +13,15 @@ Artefact directory (written atomically; every file is checked on load):
 
     config.toml         the Config
     model.safetensors   DRNet weights + the assignment pi + the M-step score table
-    meta.json           format version, n_items, training log
+    meta.json           format version, n_items, training log, the picked blend (if any)
     item_ids.npy        original item id of each dense item (no pickle)
+    blend/              the blend's fitted item-item model (a saved baseline; only when w > 0)
+
+With ``config.blend.scorer`` set, ``fit`` ends by fitting that baseline on the training rows
+and picking the blend's weight w and eps on the validation users (``fit_blend``); the model
+then ranks its candidates by the reranker + w * log(scorer / |history| + eps) (``blend.py``),
+in ``recommend``, ``dr retrieve`` and ``dr serve`` alike. w = 0 (picked or set) is the
+reranker alone.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from torch import Tensor
 
 from .artifacts import atomic_dir, read_json
 from .beam import beam_search
+from .blend import Blend, LogMean
 from .config import Config
 from .data.dataset import Dataset, Ragged, as_ragged
 from .errors import DRError, InvalidInputError
@@ -38,6 +46,7 @@ from .mstep import ScoreTable
 from .net import SPARSE_FROM_ITEMS, DRNet, load_net, uses_sparse_embeddings
 from .paths import PathIndex
 from .recommender import Recommender
+from .rerank import Reranked, pick_blend
 from .retrieval import candidates, net_device, padded, recommend
 from .state import Checkpointer, TrainState, load_checkpoint
 from .structure import from_flat
@@ -49,9 +58,13 @@ __all__ = ["DeepRetrieval", "DRNet", "FORMAT_VERSION", "SPARSE_FROM_ITEMS", "loa
 FORMAT_VERSION = 1
 
 
-def write_model_dir(path, config: Config, tensors: dict, meta: dict, item_ids) -> None:
-    """A model directory, atomically: config.toml, model.safetensors, meta.json, item_ids.npy."""
+def write_model_dir(path, config: Config, tensors: dict, meta: dict, item_ids,
+                    blend_scorer: Recommender | None = None) -> None:
+    """A model directory, atomically: config.toml, model.safetensors, meta.json, item_ids.npy
+    (and ``blend/``, the blend's fitted scorer, when given)."""
     with atomic_dir(path, "model") as tmp:
+        if blend_scorer is not None:  # first: once meta.json is there, tmp is a model, not to write into
+            blend_scorer.save(tmp / "blend")
         (tmp / "config.toml").write_text(config.to_toml())
         save_file(tensors, str(tmp / "model.safetensors"))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -110,6 +123,10 @@ class DeepRetrieval(Recommender):
         self._index: PathIndex | None = None
         self._tables: list[Tensor] | None = None
         self._lookup: dict[str, int] | None = None  # original id -> dense index
+        # the blend picked after training (config.blend): {"scorer", "w", "eps", "validation"}
+        self.blend: dict | None = None
+        self.blend_scorer: Recommender | None = None  # its fitted baseline (w > 0 only)
+        self._final: Blend | None = None  # cache: Blend([reranker, LogMean(scorer)], [1, w])
 
     # ------------------------------------------------------------------ training
     def fit(
@@ -129,15 +146,50 @@ class DeepRetrieval(Recommender):
         if resume is not None:
             state = load_checkpoint(resume, dataset, device)
             self.config = state.config
+            self._check_blend_data(dataset)
         else:
             if device is not None:
                 self.config.train.device = device
             if self.config.train.epochs_joint + self.config.train.epochs_dr == 0:
                 raise DRError("invalid config: train.epochs_joint + train.epochs_dr is 0: nothing to train")
+            self._check_blend_data(dataset)  # before any work
             state = TrainState.new(self.config, dataset)
         train(state, dataset, log=log, checkpoint=checkpoint)
         self._adopt(state, dataset.item_ids)
+        self.blend = self.blend_scorer = None
+        if self.config.blend.scorer:
+            self.fit_blend(dataset, log=log)
         return self
+
+    def fit_blend(self, dataset: Dataset, log=print) -> Self:
+        """Fit ``config.blend.scorer`` on ``dataset``'s training rows and pick the blend's w and
+        eps among ``config.blend.weights`` x ``config.blend.eps``: the best recall@train.val_k
+        of the blended DR (beam.B) on the validation users, ties to the first tried (put w = 0
+        first to prefer the reranker alone). Test users are never read."""
+        self._check_fitted()
+        b, k = self.config.blend, self.config.train.val_k
+        if not b.scorer:
+            raise DRError("fit_blend: config.blend.scorer is empty: no baseline to blend with")
+        self._check_blend_data(dataset)
+        from .evaluate import baseline
+
+        scorer = baseline(b.scorer).fit(dataset)
+        self.blend = self.blend_scorer = None
+        self.invalidate()
+        _, rows = pick_blend(self, scorer, dataset, b.weights, b.eps, k, b.exclude_history)
+        best = max(rows, key=lambda r: r["recall"])  # as pick_blend: the first of equals
+        self.blend = {"scorer": b.scorer, "w": best["w"], "eps": best["eps"], "k": k,
+                      "exclude_history": b.exclude_history, "validation": rows}
+        self.blend_scorer = scorer if best["w"] > 0 else None
+        alone = next((r["recall"] for r in rows if r["w"] == 0), None)
+        log(f"blend: {b.scorer}: w {best['w']} eps {best['eps']} (validation recall@{k} "
+            f"{best['recall']:.4f}" + ("" if alone is None else f"; the reranker alone {alone:.4f}") + ")")
+        return self
+
+    def _check_blend_data(self, dataset: Dataset) -> None:
+        if self.config.blend.scorer and len(dataset.val) == 0:
+            raise InvalidInputError("blend.scorer: the blend's weight is picked on validation users and "
+                                    "the data set has none (prepare it with --val-users N)")
 
     def partial_fit(self, users, items, times=None, epochs: int = 1, log=print, history=None) -> Self:
         """Continue training on new interactions (original user and item ids, optional times).
@@ -154,7 +206,8 @@ class DeepRetrieval(Recommender):
         return update(self, users, items, times, epochs=epochs, log=log, history=history)
 
     def _adopt(self, state: TrainState, item_ids: np.ndarray) -> None:
-        """Take the trained parts of a finished training state."""
+        """Take the trained parts of a finished training state (a blend stays: ``fit`` refits
+        it, ``update`` keeps it while the catalogue does not grow)."""
         self.net, self.scores, self.log = state.net.eval(), state.scores, state.log
         self.item_ids = item_ids
         self.set_assignment(state.assignment)
@@ -178,6 +231,22 @@ class DeepRetrieval(Recommender):
     def invalidate(self) -> None:
         """Forget caches computed from the weights (call after a gradient step)."""
         self._tables = None
+        self._final = None
+
+    def final_scorer(self) -> Blend | None:
+        """The blend that ranks the candidates, or None when the reranker alone does (no blend,
+        or w = 0): ``Blend([the reranker over all items, LogMean(scorer, eps)], [1, w])``."""
+        self._check_fitted()
+        if self.blend_scorer is None:
+            return None
+        if self._final is None:
+            from .baselines import BruteForce
+
+            V, emb = self.n_items, self.net.reranker.item_embeddings()  # (V, e) as scored
+            parts = [BruteForce(emb, encode=self.user_embeddings),
+                     LogMean(self.blend_scorer, self.blend["eps"], V)]
+            self._final = Blend(parts, [1.0, float(self.blend["w"])], V)
+        return self._final
 
     # ------------------------------------------------------------------ inference
     @property
@@ -237,15 +306,25 @@ class DeepRetrieval(Recommender):
 
     def recommend(
         self, histories, k: int, exclude_history: bool = False, B: int | None = None,
-        batch_size: int = 1024,
+        batch_size: int = 1024, blend: bool = True,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Beam search (B paths) -> candidates on those paths -> rerank -> top-k."""
+        """Beam search (B paths) -> candidates on those paths -> rerank -> top-k.
+
+        The candidates are ranked by the blend when the model has one (``final_scorer``) and
+        ``blend`` is True, else by the jointly trained reranker.
+        """
         self._check_fitted()
         hist = as_ragged(histories)
         self._check_ids(hist)
         if k < 1:
             raise DRError(f"k must be >= 1, got {k}")
         B = self._beam(B)
+        final = self.final_scorer() if blend else None
+        if final is not None:
+            ranked = Reranked(self, final, B)
+            ids, scores = ranked.recommend(hist, k, exclude_history)
+            self.last_items_scored = ranked.last_items_scored
+            return ids, scores
         ids, scores, self.last_items_scored = recommend(
             self.net, self._index, self.config, hist, k, B, exclude_history, batch_size,
             self._prefix_tables(),
@@ -268,16 +347,23 @@ class DeepRetrieval(Recommender):
         return int(B)
 
     def as_recommenders(self, with_hnsw: bool = False) -> dict[str, Recommender]:
-        """DR plus its brute-force twin (the same reranker over all items) and HNSW on it."""
+        """DR plus its brute-force twin (the same reranker over all items) and HNSW on it.
+
+        "dr" is DR with its own reranker. A model with a blend adds "dr+blend" (DR as it serves:
+        its candidates ranked by the blend) and "blend" (the blend over all items, dr+blend's
+        brute-force twin); where w = 0 was picked, these are DR and its reranker over all items.
+        """
         from .baselines import HNSW, BruteForce
 
         emb = self.net.reranker.item_embeddings()  # (V, e)
         out: dict[str, Recommender] = {
-            "dr": self,
+            "dr": _OwnReranker(self) if self.blend_scorer is not None else self,
             "brute-force": BruteForce(emb, encode=self.user_embeddings),
         }
         if with_hnsw:
             out["hnsw"] = HNSW(emb, encode=self.user_embeddings).fit(None)
+        if self.blend is not None:
+            out["dr+blend"], out["blend"] = self, self.final_scorer() or out["brute-force"]
         return out
 
     # ------------------------------------------------------------------ persistence
@@ -293,8 +379,10 @@ class DeepRetrieval(Recommender):
             "n_items": int(self.net.reranker.n_items),
             "log": self.log,
         }
+        if self.blend is not None:
+            meta["blend"] = self.blend
         item_ids = self.item_ids if self.item_ids is not None else np.arange(len(self.assignment))
-        write_model_dir(path, self.config, tensors, meta, item_ids)
+        write_model_dir(path, self.config, tensors, meta, item_ids, self.blend_scorer)
 
     @classmethod
     def load(cls, path) -> Self:
@@ -315,7 +403,33 @@ class DeepRetrieval(Recommender):
         if "scores.paths" in tensors:
             model.scores = ScoreTable(tensors["scores.paths"].numpy(), tensors["scores.values"].numpy())
         model.item_ids, model.log = item_ids, meta.get("log", [])
+        model._load_blend(path, meta.get("blend"))
         return model
+
+    def _load_blend(self, path: Path, info) -> None:
+        """The blend of ``meta.json`` and, for w > 0, its scorer from ``blend/``."""
+        if info is None:
+            return
+        ok = (isinstance(info, dict) and isinstance(info.get("scorer"), str)
+              and all(isinstance(info.get(x), int | float) and not isinstance(info.get(x), bool)
+                      for x in ("w", "eps")))
+        if not ok or not (np.isfinite(info["w"]) and info["w"] >= 0 and info["eps"] > 0):
+            raise DRError(f"model {path}: meta.json's blend is malformed: {info!r}")
+        self.blend = info
+        if info["w"] == 0:
+            return
+        from .evaluate import baseline
+
+        try:
+            scorer = type(baseline(info["scorer"])).load(path / "blend")
+        except DRError as e:
+            raise DRError(f"model {path}: the blend's scorer: {e}") from None
+        try:  # a smoke test: the scorer must score the model's last item
+            scorer.score_items(Ragged.from_lists([[0]]), Ragged.from_lists([[self.n_items - 1]]))
+        except DRError as e:
+            raise DRError(f"model {path}: the blend's scorer does not fit the model's "
+                          f"{self.n_items} items ({e})") from None
+        self.blend_scorer = scorer
 
     # ------------------------------------------------------------------ helpers
     def item_paths(self) -> np.ndarray:
@@ -341,3 +455,27 @@ class DeepRetrieval(Recommender):
                 raise DRError(f"item id {x!r} is not in the model's catalogue")
             out.append(self._lookup[str(x)])
         return np.asarray(out, dtype=np.int64)
+
+
+class _OwnReranker(Recommender):
+    """A blended DeepRetrieval ranked by its own reranker: the "dr" row of ``as_recommenders``."""
+
+    name = "dr"
+
+    def __init__(self, model: DeepRetrieval):
+        self.model = model
+
+    def fit(self, dataset: Dataset) -> Self:
+        raise DRError("fit the DeepRetrieval model itself")
+
+    def recommend(self, histories, k: int, exclude_history: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        out = self.model.recommend(histories, k, exclude_history, blend=False)
+        self.last_items_scored = self.model.last_items_scored
+        return out
+
+    def save(self, path) -> None:
+        self.model.save(path)
+
+    @classmethod
+    def load(cls, path) -> Self:
+        return cls(DeepRetrieval.load(path))

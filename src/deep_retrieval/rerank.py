@@ -12,7 +12,7 @@ every item is a candidate and ``Reranked`` equals the scorer over all items.
 
 from __future__ import annotations
 
-from typing import Self
+from typing import TYPE_CHECKING, Self
 
 import numpy as np
 
@@ -20,8 +20,10 @@ from .baselines import _select_top
 from .blend import Blend, LogMean
 from .data.dataset import Dataset, Ragged, as_ragged, pad_ragged
 from .errors import DRError, InvalidInputError
-from .model import DeepRetrieval
 from .recommender import Recommender, pairs_in_history
+
+if TYPE_CHECKING:  # model.py imports this module
+    from .model import DeepRetrieval
 
 
 class Reranked(Recommender):

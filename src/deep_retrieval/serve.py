@@ -1,7 +1,7 @@
 """The HTTP service for a trained model: FastAPI + uvicorn (``pip install 'deep-retrieval[serve]'``).
 
     GET  /health          {"status": "ok", "model": {path, version, format_version, n_items,
-                           loaded_at, K, D, B}, "reloads": n, "in_flight": n}
+                           loaded_at, K, D, B, blend}, "reloads": n, "in_flight": n}
     POST /recommend       {"history": [id, ...]} or {"histories": [[...], ...]}, optional "k"
                           (10), "beam" (the model's B), "exclude_history", "dense", "exclude"
                           [ids], "allow" [ids] -> {"items", "scores", "candidates"} or
@@ -11,9 +11,11 @@
     GET  /openapi.json    the schema; /docs renders it
 
 Inference is ``fast.Retriever`` (numpy beam search + candidates + rerank) after the model's
-torch encoder, in a thread pool (``Limits.threads``): no global lock, both release the GIL in
-their large operations. Small requests without item filters are batched (``Batcher``): while
-one batch runs, the next queues, and goes as one encoder + Retriever call. Large requests
+torch encoder (a model with a blend, ``DeepRetrieval.blend``, adds the blend's term to the
+reranker's scores of the candidates, as ``DeepRetrieval.recommend`` ranks them), in a thread
+pool (``Limits.threads``): no global lock, both release the GIL in their large operations.
+Small requests without item filters are batched (``Batcher``): while one batch runs, the
+next queues, and goes as one encoder + Retriever call. Large requests
 and filtered ones run on their own, CHUNK users at a time, checking their deadline between
 chunks. Ids are the data set's original item ids (strictly typed: a model
 with integer ids refuses strings and the reverse) unless ``"dense": true``; unknown ids in
@@ -153,7 +155,15 @@ class Served:
             "format_version": int(json.loads((self.path / "meta.json").read_text()).get("format_version", 0)),
             "n_items": int(self.n_items), "K": model.config.structure.K, "D": model.config.structure.D,
             "B": self.B, "loaded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "blend": None if model.blend_scorer is None else
+            {x: model.blend[x] for x in ("scorer", "w", "eps")},
         }
+        self.blend = None  # w * LogMean(scorer, eps): the blend's term added to the reranker's
+        if model.blend_scorer is not None:
+            from .blend import LogMean
+
+            w, eps = float(model.blend["w"]), model.blend["eps"]
+            self.blend = (w, LogMean(model.blend_scorer, eps, self.n_items))
         ids, _, _ = self.search([np.zeros(0, np.int64)], 1, self.B)  # a smoke test of every array
         if not (ids.shape == (1, 1) and -1 <= ids[0, 0] < self.n_items):
             raise DRError(f"model {path}: a test query returned {ids.tolist()}")
@@ -217,8 +227,15 @@ class Served:
             mine = per_user[lo : lo + CHUNK]
             drop = None if not any(mine) else rows if all(mine) else Ragged.from_lists(
                 [x if d else empty for x, d in zip(hists[lo : lo + CHUNK], mine, strict=True)])
+            extra = None
+            if self.blend is not None:
+                w, log_mean = self.blend
+
+                def extra(users, cands, rows=rows, w=w, log_mean=log_mean):
+                    return np.float32(w) * log_mean.score_items(rows.take(users), cands).values
+
             parts.append(self.retriever.search(u_str.numpy(), u_rr.numpy(), k, B, chunk=CHUNK,
-                                               drop=drop, exclude=exclude, allow=allow))
+                                               drop=drop, exclude=exclude, allow=allow, extra=extra))
         return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
 
 
@@ -234,7 +251,8 @@ class ErrorBody(BaseModel):
 
 class Result(BaseModel):
     items: list[ItemId] = Field(description="best first; original ids unless dense")
-    scores: list[float] = Field(description="the reranker's inner products")
+    scores: list[float] = Field(description="the reranker's inner products (plus the blend's term "
+                                "when the model has one: /health's model.blend)")
     candidates: int = Field(description="distinct items reranked (after the filters)")
 
 

@@ -10,6 +10,8 @@
          items (with the size penalty) and may move the old ones the new data speaks of
 
 An update with no training example changes nothing but the decay of the scores (eta).
+A blend (``DeepRetrieval.blend``) is kept while no new item arrives; its item-item scorer
+knows only the items it was fitted on, so an update that adds items drops it (logged).
 The model is never retrained from scratch; users need nothing (a user is their history).
 """
 
@@ -115,4 +117,10 @@ def update(model, users, items, times=None, epochs: int = 1, log=print, history=
     model._adopt(state, ds.item_ids)
     model.log = [*model.log, *entries]
     model.config = cfg
+    if model.blend_scorer is not None and ds.n_items > V_old:
+        log(f"update: {ds.n_items - V_old:,} new items: the blend's {model.blend['scorer']} was fitted on "
+            f"the first {V_old:,}: blend dropped, the reranker ranks alone (refit it with "
+            "DeepRetrieval.fit_blend on a data set with the new items)")
+        model.blend = {**model.blend, "w": 0.0, "dropped_by_update": True}
+        model.blend_scorer = None
     return model
