@@ -139,7 +139,8 @@ class Retriever:
     def save(self, path) -> None:
         """Write the serving arrays as .npy files (no pickle) plus meta.json, atomically.
 
-        A server then needs only ``Retriever.load`` (no torch model, no M-step table).
+        A server then needs only ``Retriever.load`` (no torch model, no M-step table). A
+        model's blend is not among the arrays: pass its term to ``search`` as ``extra``.
         """
         arrays = self._arrays()
         with atomic_dir(path, "retriever") as tmp:
