@@ -168,7 +168,7 @@ def twin_config(cfg: Config, dr_log: list[dict]) -> Config:
 
 def run(exp: ExperimentConfig, data_root, results_dir="results", log=print) -> dict:
     """Run the experiment and write ``results_dir/<name>/{results.json, table.md}``."""
-    from .baselines import EASE, HNSW, BruteForce, ItemCF, Popularity, RP3beta
+    from .baselines import EASE, HNSW, ItemCF, Popularity, RP3beta
     from .evaluate import _faiss_available, evaluate
     from .model import DeepRetrieval
     from .tuning import GRIDS, tune
@@ -213,12 +213,11 @@ def run(exp: ExperimentConfig, data_root, results_dir="results", log=print) -> d
         t0 = time.perf_counter()
         yt = YouTubeDNN(twin_config(cfg, dr.log)).fit(ds, log=log)
         t_yt = time.perf_counter() - t0
-        emb = dr.net.reranker.item_embeddings()
         recs = dr.as_recommenders()  # "dr" is DR with its own reranker; a blend adds "dr+blend", "blend"
-        methods = {"youtube-dnn": yt, "dr-exact": BruteForce(emb, encode=dr.user_embeddings),
-                   **{key: rec for key, rec in recs.items() if key != "brute-force"}}
+        exact = recs.pop("brute-force")  # DR's reranker over every item
+        methods = {"youtube-dnn": yt, "dr-exact": exact, **recs}
         if exp.hnsw:
-            methods["hnsw"] = HNSW(emb, encode=dr.user_embeddings, ef_search=exp.hnsw_ef).fit(None)
+            methods["hnsw"] = HNSW(exact.item_emb, encode=dr.user_embeddings, ef_search=exp.hnsw_ef).fit(None)
         t0 = time.perf_counter()
         res = ev(methods)
         last = dr.log[-1]

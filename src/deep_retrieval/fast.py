@@ -342,8 +342,9 @@ class Retriever:
             for i in range(n):
                 lo, hi = ends[i] - lengths[i], ends[i]
                 mine = items[lo:hi]  # (m_i,)
-                s[i, : len(mine)] = self._scores(mine, u_rr[i]) if add is None else (
-                    self._scores(mine, u_rr[i]) + add[lo:hi])
+                s[i, : len(mine)] = self._scores(mine, u_rr[i])
+                if add is not None:
+                    s[i, : len(mine)] += add[lo:hi]
                 cand[i, : len(mine)] = mine
         kk = min(k, m)
         top = _top_sorted(s, kk)  # (n, kk) best first

@@ -176,11 +176,13 @@ class DeepRetrieval(Recommender):
         scorer = baseline(b.scorer).fit(dataset)
         self.blend = self.blend_scorer = None
         self.invalidate()
-        _, rows = pick_blend(self, scorer, dataset, b.weights, b.eps, k, b.exclude_history)
-        best = max(rows, key=lambda r: r["recall"])  # as pick_blend: the first of equals
-        self.blend = {"scorer": b.scorer, "w": best["w"], "eps": best["eps"], "k": k,
+        blend, rows = pick_blend(self, scorer, dataset, b.weights, b.eps, k, b.exclude_history)
+        w, eps = blend.weights[1], blend.parts[1].eps
+        best = next(r for r in rows if (r["w"], r["eps"]) == (w, eps))
+        self.blend = {"scorer": b.scorer, "w": w, "eps": eps, "k": k,
                       "exclude_history": b.exclude_history, "validation": rows}
-        self.blend_scorer = scorer if best["w"] > 0 else None
+        if w > 0:  # pick_blend's blend is the one final_scorer would build
+            self.blend_scorer, self._final = scorer, blend
         alone = next((r["recall"] for r in rows if r["w"] == 0), None)
         log(f"blend: {b.scorer}: w {best['w']} eps {best['eps']} (validation recall@{k} "
             f"{best['recall']:.4f}" + ("" if alone is None else f"; the reranker alone {alone:.4f}") + ")")
