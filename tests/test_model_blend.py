@@ -241,3 +241,78 @@ def test_the_retrievers_extra_term_does_not_depend_on_the_blocks(forced, data):
         np.testing.assert_array_equal(n, forced.last_items_scored)
         same = np.isclose(s[:, :-1], s[:, 1:], rtol=1e-6).any(axis=1)  # ties may swap
         np.testing.assert_array_equal(ids[~same], want_ids[~same])
+
+
+@pytest.mark.parametrize("val_B", [0, 1, 9])
+def test_train_val_B_is_the_beam_of_the_validation_during_training(data, val_B):
+    m = DeepRetrieval(tiny_config(train__val_B=val_B)).fit(data, log=quiet)
+    want = m.candidates(data.val.hist, val_B or m.config.beam.B).lengths.mean()
+    assert m.log[-1]["candidates_per_user"] == pytest.approx(want)  # the last epoch: the final paths
+
+
+def test_cli_blend_refits_a_trained_models_blend_without_retraining(plain, data, tmp_path, capsys):
+    from deep_retrieval.cli import main
+
+    data.save(tmp_path / "data")
+    plain.save(tmp_path / "m")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()}
+    args = ["blend", str(tmp_path / "m"), str(tmp_path / "data"), "--out", str(tmp_path / "b"),
+            "--set", f"blend.scorer={SPEC}", "--set", "blend.weights=[0.0, 0.5, 4.0]",
+            "--set", "blend.eps=[0.01, 0.3]", "--set", "beam.B=5"]
+    assert main(args) == 0
+    assert f"blend: {SPEC}: w " in capsys.readouterr().out
+    got = DeepRetrieval.load(tmp_path / "b")
+    assert got.config.beam.B == 5 and got.blend["B"] == 5
+    want = DeepRetrieval(blended_config()).fit(data, log=quiet)  # the same training, picked at B = 3
+    want.config.beam.B = 5
+    want.fit_blend(data, log=quiet)  # ... and at B = 5
+    assert [(r["w"], r["eps"]) for r in got.blend["validation"]] == [
+        (r["w"], r["eps"]) for r in want.blend["validation"]]
+    np.testing.assert_allclose([r["recall"] for r in got.blend["validation"]],
+                               [r["recall"] for r in want.blend["validation"]])
+    assert (got.blend["w"], got.blend["eps"]) == (want.blend["w"], want.blend["eps"])
+    np.testing.assert_array_equal(got.assignment, plain.assignment)  # nothing retrained
+    hist = data.test.hist
+    np.testing.assert_array_equal(got.recommend(hist, 5, blend=False)[0], plain.recommend(hist, 5, B=5)[0])
+    np.testing.assert_array_equal(got.recommend(hist, 5)[0], want.recommend(hist, 5)[0])
+    assert {p.name: p.read_bytes() for p in (tmp_path / "m").iterdir()} == before  # the input untouched
+    # in place, with --force: the blend is replaced (here: by the only choice, w = 4)
+    assert main(["blend", str(tmp_path / "b"), str(tmp_path / "data"), "--out", str(tmp_path / "b"),
+                 "--force", "--set", "blend.weights=[4.0]", "--set", "blend.eps=[0.3]"]) == 0
+    again = DeepRetrieval.load(tmp_path / "b")
+    assert (again.blend["w"], again.blend["eps"], again.config.beam.B) == (4.0, 0.3, 5)
+    assert again.blend_scorer is not None
+
+
+@pytest.mark.parametrize("case, msg", [
+    ("structure", "only blend.*, beam.* may be set here"),
+    ("no-scorer", "has no blend.scorer"),
+    ("other-items", "are not the model's"),
+    ("exists", "not replacing it"),
+    ("bad-weight", "blend.weights"),
+])
+def test_cli_blend_refuses_bad_inputs_before_writing(plain, data, tmp_path, capsys, case, msg):
+    from deep_retrieval.cli import main
+
+    data.save(tmp_path / "data")
+    plain.save(tmp_path / "m")
+    out = tmp_path / "out"
+    sets = {"structure": ["--set", f"blend.scorer={SPEC}", "--set", "structure.K=4"],
+            "no-scorer": [],
+            "bad-weight": ["--set", f"blend.scorer={SPEC}", "--set", "blend.weights=[-1.0]"]}.get(
+                case, ["--set", f"blend.scorer={SPEC}"])
+    source = tmp_path / "data"
+    if case == "other-items":
+        source = tmp_path / "other"
+        synthetic_dataset(seed=6, n_items=data.n_items + 3).save(source)
+    if case == "exists":
+        out.mkdir()
+        (out / "keep.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["blend", str(tmp_path / "m"), str(source), "--out", str(out), *sets]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and msg in err[0], err
+    if case == "exists":
+        assert [p.name for p in out.iterdir()] == ["keep.txt"]
+    else:
+        assert not out.exists()

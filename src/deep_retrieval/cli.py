@@ -318,6 +318,41 @@ def update(model_dir, new_log, out, force, fmt, user_col, item_col, time_col, ra
                f"saved model to {out}")
 
 
+# ---------------------------------------------------------------------------- blend
+@cli.command("blend")
+@click.argument("model_dir")
+@click.argument("data")
+@click.option("--set", "overrides", multiple=True, metavar="TABLE.KEY=VALUE",
+              help="Override a blend.* value of the model's config, or beam.B (the beam the blend is "
+                   "picked at and the model serves at), e.g. --set blend.scorer=rp3beta --set beam.B=400 "
+                   "(repeatable).")
+@click.option("--out", required=True, help="Model directory with the new blend (written atomically; may be "
+                                           "MODEL_DIR itself with --force).")
+@_force_option("model")
+def blend(model_dir, data, overrides, out, force) -> None:
+    """Fit (or refit) a trained model's blend on DATA's validation users, without retraining.
+
+    DATA is the prepared data set the model was trained on. The baseline of blend.scorer is
+    fitted on its training rows, and w and eps are picked as `dr train` picks them (README, "A
+    model that carries its blend"), from the model's [blend] table and beam.B with --set on
+    top. The network, the paths and the reranker are not changed.
+    """
+    from .config import with_overrides
+    from .data.dataset import Dataset
+    from .errors import InvalidInputError
+    from .model import DeepRetrieval
+
+    _check_out(out, "model", force, [data])
+    model = DeepRetrieval.load(model_dir)
+    model.config = with_overrides(model.config, overrides, tables=("blend", "beam"))
+    if not model.config.blend.scorer:
+        raise InvalidInputError(f"model {model_dir} has no blend.scorer in its config: name the baseline to "
+                                "blend with, e.g. --set blend.scorer=rp3beta")
+    model.fit_blend(Dataset.load(data), log=click.echo)
+    model.save(out)
+    click.echo(f"saved model to {out}")
+
+
 @cli.command()
 def configs() -> None:
     """List the built-in configs."""

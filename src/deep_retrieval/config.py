@@ -118,6 +118,9 @@ class TrainConfig:
     # (a CPU copy of the weights is kept meanwhile; the optimisers' moments are not rolled back)
     restore_best: bool = True
     val_k: int = 10  # the cut-off of the validation recall logged after every epoch
+    # the beam of that validation recall (early stopping); 0 = beam.B. A cheaper proxy when the
+    # model serves at a wide beam: the blend is still picked at beam.B
+    val_B: int = 0
     # where the E-step, the M-step's score collection and validation run: "auto" = a CUDA GPU
     # when torch sees one, else the CPU; "cpu"; "cuda" or "cuda:N". Coordinate descent and
     # the streaming update always run on the CPU (numba). The saved model is device-free.
@@ -129,7 +132,8 @@ class BlendConfig:
     """Blended final scoring (``blend.py``), fitted after training: DR's candidates are ranked
     by the reranker's score + w * log(max(s, 0) / |history| + eps), s the score of ``scorer``
     (an item-item baseline fitted on the training rows). w and eps are picked on the
-    validation users (recall@train.val_k of DR at beam.B); w = 0 is the reranker alone."""
+    validation users (recall@train.val_k of DR at beam.B, the beam it serves at); w = 0 is the
+    reranker alone. `dr blend` refits it on a trained model."""
 
     scorer: str = ""  # "" = off; a baseline as `dr evaluate` names it, e.g. "rp3beta:alpha=0.5,beta=0.3"
     weights: tuple[float, ...] = (0.0, 0.25, 1.0, 4.0, 16.0, 64.0)  # the w tried (0: no blend)
@@ -199,6 +203,7 @@ class Config:
             (self.train.batch_size >= 1, "train.batch_size must be >= 1"),
             (self.train.patience >= 0, "train.patience must be >= 0"),
             (self.train.val_k >= 1, "train.val_k must be >= 1"),
+            (self.train.val_B >= 0, "train.val_B must be >= 0 (0: beam.B)"),
             (self.train.lr > 0, "train.lr must be > 0"),
             (self.train.epochs_joint >= 0 and self.train.epochs_dr >= 0, "epochs must be >= 0"),
             (self.train.epochs_joint + self.train.epochs_dr > 0,
@@ -289,18 +294,26 @@ def load_config(config: str | None, overrides=()) -> Config:
         cfg = Config.from_toml(config)
     else:
         cfg = Config.builtin(config)
-    if overrides:
-        d = cfg.to_dict()
-        for ov in overrides:
-            key, eq, value = ov.partition("=")
-            table, dot, name = key.partition(".")
-            if not eq or not dot:
-                raise DRError(f"--set expects TABLE.KEY=VALUE, got {ov!r}")
-            if table not in d:
-                raise DRError(f"--set: unknown table {table!r}; known: {sorted(d)}")
-            try:
-                d[table][name] = tomllib.loads(f"v = {value}")["v"]
-            except tomllib.TOMLDecodeError:
-                d[table][name] = value  # a bare string
-        cfg = Config.from_dict(d, "config with --set")
-    return cfg
+    return with_overrides(cfg, overrides)
+
+
+def with_overrides(cfg: Config, overrides=(), tables=None) -> Config:
+    """A copy of ``cfg`` with ``TABLE.KEY=VALUE`` overrides applied (``cfg`` when there are none),
+    validated; ``tables``: the only tables that may be set (None: any)."""
+    if not overrides:
+        return cfg
+    d = cfg.to_dict()
+    for ov in overrides:
+        key, eq, value = ov.partition("=")
+        table, dot, name = key.partition(".")
+        if not eq or not dot:
+            raise DRError(f"--set expects TABLE.KEY=VALUE, got {ov!r}")
+        if table not in d:
+            raise DRError(f"--set: unknown table {table!r}; known: {sorted(d)}")
+        if tables is not None and table not in tables:
+            raise DRError(f"--set {key}: only {', '.join(f'{t}.*' for t in tables)} may be set here")
+        try:
+            d[table][name] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            d[table][name] = value  # a bare string
+    return Config.from_dict(d, "config with --set")

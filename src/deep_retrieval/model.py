@@ -164,13 +164,18 @@ class DeepRetrieval(Recommender):
     def fit_blend(self, dataset: Dataset, log=print) -> Self:
         """Fit ``config.blend.scorer`` on ``dataset``'s training rows and pick the blend's w and
         eps among ``config.blend.weights`` x ``config.blend.eps``: the best recall@train.val_k
-        of the blended DR (beam.B) on the validation users, ties to the first tried (put w = 0
-        first to prefer the reranker alone). Test users are never read."""
+        of the blended DR at beam.B (the beam it serves at) on the validation users, ties to the
+        first tried (put w = 0 first to prefer the reranker alone). Test users are never read.
+        ``dataset`` must be the one the model was trained on (same items)."""
         self._check_fitted()
         b, k = self.config.blend, self.config.train.val_k
         if not b.scorer:
             raise DRError("fit_blend: config.blend.scorer is empty: no baseline to blend with")
         self._check_blend_data(dataset)
+        if self.item_ids is not None and not np.array_equal(np.asarray(dataset.item_ids), self.item_ids):
+            raise InvalidInputError(f"fit_blend: the data set's {dataset.n_items:,} items are not the "
+                                    f"model's {self.n_items:,}: pick the blend on the data the model was "
+                                    "trained on")
         from .evaluate import baseline
 
         scorer = baseline(b.scorer).fit(dataset)
@@ -179,13 +184,14 @@ class DeepRetrieval(Recommender):
         blend, rows = pick_blend(self, scorer, dataset, b.weights, b.eps, k, b.exclude_history)
         w, eps = blend.weights[1], blend.parts[1].eps
         best = next(r for r in rows if (r["w"], r["eps"]) == (w, eps))
-        self.blend = {"scorer": b.scorer, "w": w, "eps": eps, "k": k,
+        self.blend = {"scorer": b.scorer, "w": w, "eps": eps, "k": k, "B": self.config.beam.B,
                       "exclude_history": b.exclude_history, "validation": rows}
         if w > 0:  # pick_blend's blend is the one final_scorer would build
             self.blend_scorer, self._final = scorer, blend
         alone = next((r["recall"] for r in rows if r["w"] == 0), None)
-        log(f"blend: {b.scorer}: w {best['w']} eps {best['eps']} (validation recall@{k} "
-            f"{best['recall']:.4f}" + ("" if alone is None else f"; the reranker alone {alone:.4f}") + ")")
+        alone = "" if alone is None else f"; the reranker alone {alone:.4f}"
+        log(f"blend: {b.scorer}: w {best['w']} eps {best['eps']} (validation recall@{k} at B "
+            f"{self.config.beam.B} {best['recall']:.4f}{alone})")
         return self
 
     def _check_blend_data(self, dataset: Dataset) -> None:

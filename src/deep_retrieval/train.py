@@ -285,12 +285,14 @@ def _stalled(log: list[dict], key: str, patience: int) -> bool:
 
 
 def _validate(state: TrainState, ds: Dataset, k: int = 10) -> dict:
-    """Recall@k of DR on the validation users, and its candidates per user."""
+    """Recall@k of DR (at train.val_B, else beam.B) on the validation users, and its candidates
+    per user."""
     split = ds.val  # never the test users: the log is what configs are chosen on
     if len(split) == 0:
         return {}
     cfg = state.config
-    ids, _, scored = recommend(state.net, PathIndex(state.assignment), cfg, split.hist, k, cfg.beam.B)
+    ids, _, scored = recommend(state.net, PathIndex(state.assignment), cfg, split.hist, k,
+                              cfg.train.val_B or cfg.beam.B)
     m = compute(ids, split.truth, [k])[k]
     return {f"val_recall@{k}": m["recall"], "candidates_per_user": float(scored.mean())}
 
