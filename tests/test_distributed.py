@@ -18,11 +18,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, port: int, out: str, blend: str = "") -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
-        model = DeepRetrieval(tiny_config()).fit(synthetic_dataset(seed=3), log=lambda _: None)
+        cfg = tiny_config()
+        cfg.blend.scorer = blend
+        model = DeepRetrieval(cfg.validate()).fit(synthetic_dataset(seed=3), log=lambda _: None)
         model.save(f"{out}/rank{rank}")
     finally:
         dist.destroy_process_group()
@@ -40,6 +42,14 @@ def test_two_ranks_agree(tmp_path):
     # while one process sees every example
     single = DeepRetrieval(tiny_config()).fit(synthetic_dataset(seed=3), log=lambda _: None)
     assert single.log[0]["examples"] == n
+
+
+def test_only_rank_0_fits_the_blend(tmp_path):
+    """The blend is fitted after training by the rank that saves the model, not by every rank."""
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), "rp3beta"), nprocs=2, join=True)
+    a, b = DeepRetrieval.load(tmp_path / "rank0"), DeepRetrieval.load(tmp_path / "rank1")
+    assert a.blend is not None and a.blend["scorer"] == "rp3beta" and b.blend is None
+    np.testing.assert_array_equal(a.assignment, b.assignment)
 
 
 def _resume_worker(rank: int, world: int, port: int, out: str, mode: str) -> None:

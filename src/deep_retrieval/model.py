@@ -48,7 +48,7 @@ from .paths import PathIndex
 from .recommender import Recommender
 from .rerank import Reranked, pick_blend
 from .retrieval import candidates, net_device, padded, recommend
-from .state import Checkpointer, TrainState, load_checkpoint
+from .state import Checkpointer, TrainState, _rank_world, load_checkpoint
 from .structure import from_flat
 from .train import train
 
@@ -139,6 +139,8 @@ class DeepRetrieval(Recommender):
         ``resume``: a checkpoint file to continue from instead of starting afresh; its config
         replaces this model's (the run goes on exactly as it was started).
         ``device``: replaces ``config.train.device`` ("auto", "cpu", "cuda", "cuda:N").
+        With ``config.blend.scorer`` set, the blend is then fitted (``fit_blend``; in data-parallel
+        training by rank 0 alone, the rank that saves the model).
         """
         if not isinstance(dataset, Dataset):
             raise InvalidInputError(f"fit() takes a Dataset (Dataset.load(dir) or prepare(...)), "
@@ -157,7 +159,7 @@ class DeepRetrieval(Recommender):
         train(state, dataset, log=log, checkpoint=checkpoint)
         self._adopt(state, dataset.item_ids)
         self.blend = self.blend_scorer = None
-        if self.config.blend.scorer:
+        if self.config.blend.scorer and _rank_world()[0] == 0:  # data parallel: rank 0 saves the model
             self.fit_blend(dataset, log=log)
         return self
 
