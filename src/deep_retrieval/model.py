@@ -190,10 +190,9 @@ class DeepRetrieval(Recommender):
                       "exclude_history": b.exclude_history, "validation": rows}
         if w > 0:  # pick_blend's blend is the one final_scorer would build
             self.blend_scorer, self._final = scorer, blend
-        alone = next((r["recall"] for r in rows if r["w"] == 0), None)
-        alone = "" if alone is None else f"; the reranker alone {alone:.4f}"
-        log(f"blend: {b.scorer}: w {best['w']} eps {best['eps']} (validation recall@{k} at B "
-            f"{self.config.beam.B} {best['recall']:.4f}{alone})")
+        alone = next((f"; the reranker alone {r['recall']:.4f}" for r in rows if r["w"] == 0), "")
+        log(f"blend: {b.scorer}: w {w} eps {eps} (validation recall@{k} at B {self.config.beam.B} "
+            f"{best['recall']:.4f}{alone})")
         return self
 
     def _check_blend_data(self, dataset: Dataset) -> None:
