@@ -5,7 +5,7 @@ from importlib import resources
 
 import pytest
 
-from deep_retrieval.config import Config
+from deep_retrieval.config import Config, load_config
 from deep_retrieval.errors import DRError
 
 
@@ -57,6 +57,15 @@ def test_builtin_configs_load():
         100, 3, 50, 3, 3e-7)
     with pytest.raises(DRError, match="no built-in config"):
         Config.builtin("nope")
+
+
+def test_a_folder_named_like_a_builtin_config_is_not_read_as_one(tmp_path, monkeypatch):
+    """`--config ml1m` run next to a prepared data set called ml1m/ means the built-in config."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "ml1m").mkdir()
+    assert load_config("ml1m") == Config.builtin("ml1m")
+    (tmp_path / "mine").write_text("[beam]\nB = 7\n")  # a TOML file without the suffix still is one
+    assert load_config("mine").beam.B == 7
 
 
 def test_from_toml_errors(tmp_path):

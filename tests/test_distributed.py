@@ -26,6 +26,7 @@ def _worker(rank: int, world: int, port: int, out: str, blend: str = "") -> None
         cfg.blend.scorer = blend
         model = DeepRetrieval(cfg.validate()).fit(synthetic_dataset(seed=3), log=lambda _: None)
         model.save(f"{out}/rank{rank}")
+        dist.barrier()  # no rank tears gloo down while another still talks to it (it aborts then)
     finally:
         dist.destroy_process_group()
 
@@ -66,10 +67,12 @@ def _resume_worker(rank: int, world: int, port: int, out: str, mode: str) -> Non
             try:
                 DeepRetrieval(cfg).fit(data, log=lambda _: None, checkpoint=StopAt(ckpt, fp, 4))
             except Stop:
+                dist.barrier()
                 return
         model = DeepRetrieval(cfg).fit(data, log=lambda _: None, checkpoint=Checkpointer(ckpt, fp, minutes=0),
                                        resume=ckpt if mode == "resume" else None)
         model.save(f"{out}/{mode}{rank}")
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

@@ -25,8 +25,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-import tomli_w
-
 from .errors import DRError
 
 
@@ -177,6 +175,8 @@ class Config:
             for k, v in table.items():
                 if isinstance(v, tuple):
                     table[k] = list(v)
+        import tomli_w  # only here: reading and training need no TOML writer
+
         return tomli_w.dumps(d)
 
     def validate(self) -> Config:
@@ -290,7 +290,7 @@ def load_config(config: str | None, overrides=()) -> Config:
     """
     if config is None:
         cfg = Config()
-    elif Path(config).suffix == ".toml" or Path(config).exists():
+    elif Path(config).suffix == ".toml" or Path(config).is_file():
         cfg = Config.from_toml(config)
     else:
         cfg = Config.builtin(config)

@@ -48,7 +48,8 @@ from .structure import from_flat, to_flat
 
 __all__ = ["Examples", "make_optimizers", "train", "m_step", "window_examples", "SCORE_BATCH"]
 
-SCORE_BATCH = 512  # examples per no-grad beam-search batch in score collection
+SCORE_BATCH = 512  # examples per no-grad beam-search batch in score collection (CPU)
+SCORE_BATCH_GPU = 8192  # the same on a GPU, where a (8192, S * K) layer is still small
 
 
 def train(
@@ -216,8 +217,9 @@ def m_step(state: TrainState, ex: Examples, idx: np.ndarray, N_v: np.ndarray) ->
     t0 = time.perf_counter()
     tables = net.structure.prefix_tables()
     flat_parts, prob_parts, target_parts = [], [], []
-    for lo in range(0, len(idx), SCORE_BATCH):
-        b = idx[lo : lo + SCORE_BATCH]
+    step = SCORE_BATCH if state.device.type == "cpu" else SCORE_BATCH_GPU
+    for lo in range(0, len(idx), step):
+        b = idx[lo : lo + step]
         hist, lengths, _ = (t.to(state.device) for t in ex.batch(b))
         u_str = net.enc_str(hist, lengths)  # (b, e)
         paths, logp = beam_search(net.structure, u_str, E.S, tables)  # (b, S', D), (b, S')
