@@ -13,11 +13,11 @@
 #    --device cpu (same seed), both evaluated on the CPU (the saved model is device-independent).
 # 2. E-step and score-collection examples/s at ITEMS items (issue 12 item 5: >= 200k and >= 500k
 #    at 10^6 items), paper-amazon shapes with the mean-pool encoder, at batch 4,096 and 16,384.
-# Each step's output is under $OUT (bench_collect's JSON + markdown, the evaluation JSON, a log).
+# Each step's output is under $OUT (6 files: bench_collect's JSON + markdown, the evaluation JSON, a log).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-PYTHON="${PYTHON:-python}"
+PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
 DEVICE="${DEVICE:-cuda}"
 ITEMS="${ITEMS:-1000000}"
 EXAMPLES="${EXAMPLES:-1000000}"
