@@ -54,7 +54,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(OUT / "collect.json"))
     args = ap.parse_args()
     if (args.data is None) == (args.synth_items == 0):
-        ap.error("give DATA or --synth-items, not both")
+        ap.error("give exactly one of DATA and --synth-items")
     torch.set_num_threads(args.threads)
     t = time.perf_counter()
     if args.synth_items:
@@ -71,7 +71,7 @@ def main() -> None:
     batches = np.array_split(idx, max(1, len(idx) // cfg.train.batch_size))
     rng = np.random.default_rng(1)
     for _ in range(args.warmup):  # not timed, not in the M-step's window
-        _e_step(state, ex, rng.choice(len(ex), cfg.train.batch_size, replace=False), joint=True)
+        _e_step(state, ex, rng.integers(0, len(ex), cfg.train.batch_size), joint=True)
     sync()
     t = time.perf_counter()
     for b in batches:
