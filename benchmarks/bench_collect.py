@@ -10,9 +10,10 @@ fresh model, then runs one M-step over exactly those examples and reports second
 examples of each part, and examples per second. ``--warmup`` untimed steps come first (on a
 GPU the first steps allocate and pick kernels). ``--synth-items N`` replaces DATA by
 ``dr synth``'s personal preset at N items (N / 5 users, 50 interactions each), generated in
-memory. Targets: score collection no slower than the E-step on the CPU; on a GPU at 10^6
-items >= 200k examples/s E-step and >= 500k score collection. Writes ``--out`` (JSON) and
-the same name with ``.md``.
+memory. ``--tf32`` lets CUDA's fp32 matmuls use TF32 (to measure what it would buy).
+Targets: score collection no slower than the E-step on the CPU; on a GPU at 10^6 items
+>= 200k examples/s E-step and >= 500k score collection. Writes ``--out`` (JSON) and the same
+name with ``.md``.
 """
 
 from __future__ import annotations
@@ -52,10 +53,13 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="config override")
     ap.add_argument("--warmup", type=int, default=0, help="untimed E-step batches first")
     ap.add_argument("--out", default=str(OUT / "collect.json"))
+    ap.add_argument("--tf32", action="store_true",
+                    help="let CUDA fp32 matmuls use TF32 (process-wide; the library never sets it)")
     args = ap.parse_args()
     if (args.data is None) == (args.synth_items == 0):
         ap.error("give exactly one of DATA and --synth-items")
     torch.set_num_threads(args.threads)
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32
     t = time.perf_counter()
     if args.synth_items:
         ds, _ = generate(SynthConfig.personal(n_items=args.synth_items))
@@ -82,6 +86,7 @@ def main() -> None:
     per = 1e6 / len(idx)
     res = {"data": args.data, "config": args.config, "overrides": args.overrides, "examples": len(idx),
            "batch_size": cfg.train.batch_size, "threads": args.threads, "device": args.device,
+           "tf32": args.tf32,
            "device_name": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
            "seconds_data": t_data, "seconds_per_1e6": {
                "e_step": e_step * per, "score_collection": info["seconds_score_collection"] * per,
@@ -97,7 +102,7 @@ def main() -> None:
     src = f"--synth-items {args.synth_items}" if args.synth_items else args.data
     cmd = (f"python benchmarks/bench_collect.py {src} --config {args.config}{sets} "
            f"--examples {args.examples} --threads {args.threads} --device {args.device} "
-           f"--warmup {args.warmup}")
+           f"--warmup {args.warmup}{' --tf32' if args.tf32 else ''}")
     md = (f"# Score collection vs E-step\n\n`{cmd}`\n\n"
           f"| part | seconds per 10^6 examples |\n|---|---|\n| E-step (joint) | {s['e_step']:.1f} |\n"
           f"| score collection (beam S = {cfg.em.S}) | {s['score_collection']:.1f} |\n\n"

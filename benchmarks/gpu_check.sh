@@ -12,8 +12,9 @@
 # 1. The CUDA path end to end: a small synthetic set trained with --device cuda and with
 #    --device cpu (same seed), both evaluated on the CPU (the saved model is device-independent).
 # 2. E-step and score-collection examples/s at ITEMS items (issue 12 item 5: >= 200k and >= 500k
-#    at 10^6 items), paper-amazon shapes with the mean-pool encoder, at batch 4,096 and 16,384.
-# Each step's output is under $OUT (6 files: bench_collect's JSON + markdown, the evaluation JSON, a log).
+#    at 10^6 items), paper-amazon shapes with the mean-pool encoder, at batch 4,096 and 16,384,
+#    and 16,384 again with TF32 matmuls (what TF32 would buy; the library does not set it).
+# Each step's output is under $OUT (8 files: bench_collect's JSON + markdown, the evaluation JSON, a log).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
@@ -44,9 +45,10 @@ step() { echo "=== $* ($(date -u +%H:%M:%S) UTC)"; local t0=$SECONDS; "$@"; echo
 
     # 2. throughput at ITEMS items, generated once
     step dr synth --preset personal --items "$ITEMS" --out "$WORK/personal"
-    for batch in 4096 16384; do
+    for run in 4096 16384 16384:tf32; do
+        batch="${run%%:*}"; tf32=(); [[ "$run" == *tf32 ]] && tf32=(--tf32)
         step "$PYTHON" benchmarks/bench_collect.py "$WORK/personal" --config paper-amazon \
             --set encoder.kind=mean --set "train.batch_size=$batch" --examples "$EXAMPLES" \
-            --warmup 3 --threads 4 --device "$DEVICE" --out "$OUT/collect_${ITEMS}_b$batch.json"
+            --warmup 3 --threads 4 --device "$DEVICE" "${tf32[@]}" --out "$OUT/collect_${ITEMS}_${run/:/_}.json"
     done
 } 2>&1 | tee "$OUT/gpu_check.log"
