@@ -301,4 +301,13 @@ def test_score_items_rejects_bad_candidates():
     with pytest.raises(DRError, match="outside"):
         rec.score_items([[0]], Ragged.from_lists([[5]]))
     with pytest.raises(DRError, match="cannot score a candidate subset"):
-        Popularity().fit(tiny_dataset()).score_items([[0]], Ragged.from_lists([[1]]))
+        HNSW(np.eye(3, dtype=np.float32)).score_items([[0]], Ragged.from_lists([[1]]))
+
+
+def test_popularity_scores_candidates_by_count():
+    rec = Popularity().fit(tiny_dataset())
+    counts = TINY.sum(axis=0)  # (V,) training interactions per item
+    out = rec.score_items([[0], [1, 2]], Ragged.from_lists([[2, 0], [1]]))
+    np.testing.assert_array_equal(out.values, counts[[2, 0, 1]].astype(np.float32))
+    np.testing.assert_array_equal(out.offsets, [0, 2, 3])
+    np.testing.assert_array_equal(rec.last_items_scored, [2, 1])

@@ -11,8 +11,9 @@ from deep_retrieval.blend import Blend, LogMean
 from deep_retrieval.config import Config
 from deep_retrieval.data.dataset import Dataset, Ragged, Split
 from deep_retrieval.errors import DRError, InvalidInputError
-from deep_retrieval.evaluate import evaluate
+from deep_retrieval.evaluate import FITTED, baseline, evaluate
 from deep_retrieval.model import DeepRetrieval
+from deep_retrieval.recommender import Recommender
 from deep_retrieval.rerank import Reranked
 from tests.test_contract import synthetic_dataset
 from tests.test_model import quiet, tiny_config
@@ -145,7 +146,6 @@ def test_a_data_set_without_validation_users_is_refused_before_training(data):
 
 
 @pytest.mark.parametrize("over, msg", [
-    ({"scorer": "popularity"}, "cannot score a candidate subset"),
     ({"scorer": "nope"}, "unknown baseline"),
     ({"scorer": "rp3beta:gamma=1"}, "not PARAM=VALUE"),
     ({"weights": [-1.0]}, "blend.weights"),
@@ -316,3 +316,10 @@ def test_cli_blend_refuses_bad_inputs_before_writing(plain, data, tmp_path, caps
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
     else:
         assert not out.exists()
+
+
+@pytest.mark.parametrize("name", FITTED)
+def test_every_baseline_can_be_a_blend_scorer(name):
+    """Config checks a blend.scorer only by name: each baseline must score a candidate subset."""
+    assert type(baseline(name)).score_items is not Recommender.score_items
+    assert Config.from_dict({"blend": {"scorer": name}}).blend.scorer == name

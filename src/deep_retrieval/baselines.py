@@ -187,6 +187,16 @@ class Popularity(Recommender):
         keep = ~_in_history(ids, hist) if exclude_history else np.ones((n, w), bool)
         return _select_top(ids, self.counts[ids].astype(np.float32), keep, k)
 
+    def score_items(self, histories, items) -> Ragged:
+        """The counts of ``items[u]``, the same values ``recommend`` ranks (whatever the history)."""
+        if self.counts is None:
+            raise DRError("popularity recommender is not fitted")
+        hist, items = as_ragged(histories), as_ragged(items)
+        _check_request(hist, len(self.counts), 1)
+        _check_candidates(hist, items, len(self.counts))
+        self.last_items_scored = items.lengths.copy()
+        return Ragged(self.counts[items.values].astype(np.float32), items.offsets.copy())
+
     def save(self, path) -> None:
         if self.counts is None:
             raise DRError("popularity recommender is not fitted")

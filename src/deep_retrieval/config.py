@@ -221,15 +221,11 @@ class Config:
                 raise DRError(f"invalid config: {msg}")
         if self.blend.scorer:
             from .evaluate import baseline  # the spec's name and parameters, checked now
-            from .recommender import Recommender
 
             try:
-                scorer = baseline(self.blend.scorer)
+                baseline(self.blend.scorer)  # every baseline can score a candidate subset
             except DRError as e:
                 raise DRError(f"invalid config: blend.scorer: {e}") from None
-            if type(scorer).score_items is Recommender.score_items:
-                raise DRError(f"invalid config: blend.scorer: {scorer.name} cannot score a candidate "
-                              "subset; use item-cf, rp3beta, ease or als")
         return self
 
 
