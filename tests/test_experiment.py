@@ -122,3 +122,14 @@ def test_twin_trains_as_many_epochs_as_the_softmax_model_dr_serves():
     got = twin_config(early, joint + dr_only)
     assert got.train.epochs_joint == 2 and early.train.epochs_joint == 30  # rolled back to 2; a copy
     assert got.structure == early.structure and got.train.lr == early.train.lr
+
+
+def test_without_dr_config_dr_trains_with_the_defaults(setup):
+    """No dr_config: the defaults, as `dr train` without --config (not a built-in config)."""
+    from deep_retrieval.config import Config
+
+    (setup / "bare.toml").write_text(EXPERIMENT.replace('dr_config = "tiny.toml"\n', ""))
+    exp = ExperimentConfig.from_toml(setup / "bare.toml")
+    want = Config()
+    want.train.seed, want.train.progress = 1, False
+    assert exp.dr(1).to_dict() == want.to_dict()

@@ -3,7 +3,7 @@
 An experiment file (TOML) names the data, the DR config and what to report::
 
     name = "ml1m"
-    dr_config = "ml1m"          # built-in name or TOML file (relative to this file)
+    dr_config = "ml1m"          # built-in name or TOML file (relative to this file); "" = defaults
     dr_set = []                 # overrides, as `dr train --set TABLE.KEY=VALUE`
     seeds = [0, 1, 2, 3, 4]
     ks = [10, 200]
@@ -92,7 +92,7 @@ class DataSection:
 class ExperimentConfig:
     name: str = "experiment"
     description: str = ""
-    dr_config: str = "demo"
+    dr_config: str = ""  # "" = the defaults, as `dr train` without --config
     dr_set: tuple[str, ...] = ()
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
     ks: tuple[int, ...] = (10, 200)
@@ -128,7 +128,7 @@ class ExperimentConfig:
         return self
 
     def dr(self, seed: int) -> Config:
-        cfg = load_config(self.dr_config, self.dr_set)
+        cfg = load_config(self.dr_config or None, self.dr_set)
         cfg.train.seed = seed
         cfg.train.progress = False
         cfg.blend.exclude_history = self.exclude_history  # a blend is picked as the test users are scored
