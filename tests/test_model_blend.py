@@ -319,7 +319,17 @@ def test_cli_blend_refuses_bad_inputs_before_writing(plain, data, tmp_path, caps
 
 
 @pytest.mark.parametrize("name", FITTED)
-def test_every_baseline_can_be_a_blend_scorer(name):
-    """Config checks a blend.scorer only by name: each baseline must score a candidate subset."""
+def test_every_baseline_can_be_a_blend_scorer(name, plain, data, tmp_path):
+    """Config checks a blend.scorer only by name: each baseline must score a candidate subset,
+    and a model blended with it must save, load and rank as before."""
     assert type(baseline(name)).score_items is not Recommender.score_items
     assert Config.from_dict({"blend": {"scorer": name}}).blend.scorer == name
+    plain.save(tmp_path / "p")
+    m = DeepRetrieval.load(tmp_path / "p")  # a copy: fit_blend changes the model
+    m.config.blend.scorer, m.config.blend.weights, m.config.blend.eps = name, (4.0,), (0.3,)
+    m.fit_blend(data, log=quiet)
+    m.save(tmp_path / "b")
+    got = DeepRetrieval.load(tmp_path / "b")
+    assert (got.blend["scorer"], got.blend["w"]) == (name, 4.0)
+    hist = data.test.hist
+    np.testing.assert_array_equal(got.recommend(hist, 5)[0], m.recommend(hist, 5)[0])
