@@ -171,11 +171,15 @@ class Popularity(Recommender):
     def fit(self, dataset: Dataset) -> Self:
         return self._set_counts(np.bincount(dataset.train.values, minlength=dataset.n_items))
 
-    def recommend(self, histories, k: int, exclude_history: bool = False):
+    def _fitted(self) -> np.ndarray:
         if self.counts is None:
             raise DRError("popularity recommender is not fitted")
+        return self.counts
+
+    def recommend(self, histories, k: int, exclude_history: bool = False):
+        counts = self._fitted()
         hist = as_ragged(histories)
-        n, V = len(hist), len(self.counts)
+        n, V = len(hist), len(counts)
         _check_request(hist, V, k)
         self.last_items_scored = np.full(n, V, dtype=np.int64)  # the ranking covers all V
         if n == 0:
@@ -185,24 +189,22 @@ class Popularity(Recommender):
         w = min(V, k + extra)
         ids = np.broadcast_to(self.order[:w], (n, w))  # (n, w)
         keep = ~_in_history(ids, hist) if exclude_history else np.ones((n, w), bool)
-        return _select_top(ids, self.counts[ids].astype(np.float32), keep, k)
+        return _select_top(ids, counts[ids].astype(np.float32), keep, k)
 
     def score_items(self, histories, items) -> Ragged:
         """The counts of ``items[u]``, the same values ``recommend`` ranks (whatever the history)."""
-        if self.counts is None:
-            raise DRError("popularity recommender is not fitted")
+        counts = self._fitted()
         hist, items = as_ragged(histories), as_ragged(items)
-        _check_request(hist, len(self.counts), 1)
-        _check_candidates(hist, items, len(self.counts))
+        _check_request(hist, len(counts), 1)
+        _check_candidates(hist, items, len(counts))
         self.last_items_scored = items.lengths.copy()
-        return Ragged(self.counts[items.values].astype(np.float32), items.offsets.copy())
+        return Ragged(counts[items.values].astype(np.float32), items.offsets.copy())
 
     def save(self, path) -> None:
-        if self.counts is None:
-            raise DRError("popularity recommender is not fitted")
+        counts = self._fitted()
         with atomic_dir(path, "baseline") as tmp:
-            np.savez(tmp / "counts.npz", counts=self.counts)
-            atomic_write_json(tmp / META, {"name": self.name, "n_items": len(self.counts)})
+            np.savez(tmp / "counts.npz", counts=counts)
+            atomic_write_json(tmp / META, {"name": self.name, "n_items": len(counts)})
 
     @classmethod
     def load(cls, path) -> Self:
