@@ -90,7 +90,7 @@ def in_process(model_dir: Path, bodies: list[bytes], seconds: float) -> dict:
     hists = [served.dense(json.loads(b)["history"], "history", known_only=False) for b in bodies]
     from deep_retrieval.data.dataset import Ragged, pad_ragged
 
-    h, lens = pad_ragged(Ragged.from_lists(hists), served.max_seq_len)
+    h, lens = pad_ragged(Ragged.from_lists(hists), served.model.config.encoder.max_seq_len)
     with torch.inference_mode():
         u_str, u_rr = served.model.net.encode(torch.from_numpy(h), torch.from_numpy(lens))
     u_str, u_rr = u_str.numpy(), u_rr.numpy()
@@ -108,14 +108,14 @@ def in_process(model_dir: Path, bodies: list[bytes], seconds: float) -> dict:
     cand = []
 
     def retriever_only(i):
-        cand.append(served.retriever.search(u_str[i : i + 1], u_rr[i : i + 1], 10, served.B)[2][0])
+        cand.append(served.model.retriever().search(u_str[i : i + 1], u_rr[i : i + 1], 10, served.B)[2][0])
 
     r_rps, r_p50, r_p99 = rate(retriever_only)
     rng = np.random.default_rng(3)
     exclude, allow_small = rng.choice(V, 100, replace=False), rng.choice(V, 10_000, replace=False)
 
     def filtered(i, allow):
-        served.retriever.search(u_str[i : i + 1], u_rr[i : i + 1], 10, served.B, drop=[hists[i]],
+        served.model.retriever().search(u_str[i : i + 1], u_rr[i : i + 1], 10, served.B, drop=[hists[i]],
                                 exclude=exclude, allow=allow)
 
     x_rps, x_p50, _ = rate(lambda i: filtered(i, None))

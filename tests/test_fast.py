@@ -1,4 +1,6 @@
-"""The numpy serving path (fast.Retriever) against the oracles beam_search / DeepRetrieval.recommend."""
+"""The numpy serving path (fast.Retriever, what a CPU model's ``recommend`` and the server use)
+against the oracles: the torch beam_search and the torch path of retrieval.py (a GPU model's
+``recommend`` and the training's validation)."""
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ from deep_retrieval.config import StructureConfig
 from deep_retrieval.fast import Retriever
 from deep_retrieval.model import DeepRetrieval
 from deep_retrieval.paths import PathIndex, random_assignment
+from deep_retrieval.retrieval import recommend as torch_recommend
 from deep_retrieval.structure import StructureModel, to_flat
 from tests.test_contract import synthetic_dataset
 from tests.test_model import quiet, tiny_config
@@ -33,6 +36,11 @@ def model(data):
     cfg = tiny_config(structure__K=4, structure__D=3, structure__hidden=(16, 12), beam__B=5,
                       train__epochs_dr=0, train__threads=1)
     return DeepRetrieval(cfg).fit(data, log=quiet)
+
+
+def torch_path(model, hist, k, B, exclude_history=False):
+    """``recommend`` as a GPU model answers it: ids, scores and candidates per user."""
+    return torch_recommend(model.net, model._index, model.config, hist, k, B, exclude_history)
 
 
 def histories(data):
@@ -75,15 +83,19 @@ def test_paths_equal_at_paper_shape():
 def test_search_equals_recommend(model, data, B):
     hist = histories(data)
     k = 7
-    ids, scores = model.recommend(hist, k, B=B)
+    ids, scores, scored = torch_path(model, hist, k, B)
     u_str, u_rr = model.user_embeddings(hist, "str"), model.user_embeddings(hist, "rr")
     r = Retriever.from_model(model)
     got_ids, got_scores, n_cand = r.search(u_str, u_rr, k, B)
     same_up_to_ties(got_ids, got_scores, ids, scores)
-    np.testing.assert_array_equal(n_cand, model.last_items_scored)
+    np.testing.assert_array_equal(n_cand, scored)
+    rec_ids, rec_scores = model.recommend(hist, k, B=B)  # a CPU model: the Retriever's answer
+    np.testing.assert_array_equal(rec_ids, got_ids)
+    np.testing.assert_array_equal(rec_scores, got_scores)
+    np.testing.assert_array_equal(model.last_items_scored, n_cand)
     chunked = r.search(u_str, u_rr, k, B, chunk=5)  # several blocks of users: the same answer
-    for a, b in zip(chunked, (got_ids, got_scores, n_cand), strict=True):
-        np.testing.assert_array_equal(a, b)
+    same_up_to_ties(chunked[0], chunked[1], got_ids, got_scores)  # (to float rounding: see below)
+    np.testing.assert_array_equal(chunked[2], n_cand)
     for u in range(len(hist)):  # batch 1 takes its own branch: the same answer, ties aside
         one = r.search(u_str[u : u + 1], u_rr[u : u + 1], k, B)
         same_up_to_ties(one[0], one[1], got_ids[u : u + 1], got_scores[u : u + 1])
@@ -136,7 +148,8 @@ def test_save_load_round_trip(model, data, tmp_path):
 
 
 def test_dense_scoring_gives_the_same_answer(model, data, monkeypatch):
-    """Above DENSE_FRACTION of V a user's candidates are scored by one full matrix-vector product."""
+    """Above DENSE_FRACTION of V a user's candidates are scored against every item: a matrix-vector
+    product at batch 1, a (users, V) matrix product for up to DENSE_BLOCK scores in a batch."""
     import deep_retrieval.fast as fast
 
     hist = histories(data)
@@ -149,6 +162,10 @@ def test_dense_scoring_gives_the_same_answer(model, data, monkeypatch):
     np.testing.assert_array_equal(got[2], want[2])
     one = r.search(u_str[:1], u_rr[:1], 7, 3)
     same_up_to_ties(one[0], one[1], want[0][:1], want[1][:1])
+    monkeypatch.setattr(fast, "DENSE_BLOCK", 2 * model.n_items)  # two users per product
+    pairs = r.search(u_str, u_rr, 7, 3)
+    same_up_to_ties(pairs[0], pairs[1], want[0], want[1])
+    np.testing.assert_array_equal(pairs[2], want[2])
 
 
 def test_exclude_history_equals_recommend(model, data):
@@ -156,10 +173,13 @@ def test_exclude_history_equals_recommend(model, data):
     u_str, u_rr = model.user_embeddings(hist, "str"), model.user_embeddings(hist, "rr")
     r = Retriever.from_model(model)
     for B in (2, 5):
-        ids, scores = model.recommend(hist, 7, exclude_history=True, B=B)
+        ids, scores, scored = torch_path(model, hist, 7, B, exclude_history=True)
         got = r.search(u_str, u_rr, 7, B, drop=hist)
         same_up_to_ties(got[0], got[1], ids, scores)
-        np.testing.assert_array_equal(got[2], model.last_items_scored)
+        np.testing.assert_array_equal(got[2], scored)
+        rec = model.recommend(hist, 7, exclude_history=True, B=B)
+        np.testing.assert_array_equal(rec[0], got[0])
+        np.testing.assert_array_equal(model.last_items_scored, got[2])
         assert not any(set(got[0][u].tolist()) & set(hist[u].tolist()) for u in range(len(hist)))
         chunked = r.search(u_str, u_rr, 7, B, chunk=3, drop=hist)  # drop is sliced per block
         same_up_to_ties(chunked[0], chunked[1], got[0], got[1])  # an empty history ties everything
@@ -167,7 +187,7 @@ def test_exclude_history_equals_recommend(model, data):
         for u in range(len(hist)):  # batch 1
             one = r.search(u_str[u : u + 1], u_rr[u : u + 1], 7, B, drop=[hist[u]])
             same_up_to_ties(one[0], one[1], ids[u : u + 1], scores[u : u + 1])
-            assert one[2][0] == model.last_items_scored[u]
+            assert one[2][0] == scored[u]
 
 
 @pytest.mark.parametrize("batch", [1, 6])
@@ -216,3 +236,79 @@ def test_concurrent_searches_match_sequential(model, data):
     for i, g in enumerate(got):
         for a, b in zip(g, want[i % n], strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_recommend_follows_new_paths_and_weights(model, data):
+    """A CPU model's recommend serves through a cached Retriever: a new assignment or changed
+    weights (``invalidate``) rebuild it, so recommend keeps agreeing with the torch path."""
+    import copy
+
+    m = copy.deepcopy(model)
+    hist = histories(data)
+    first = m.retriever()
+    assert m.retriever() is first
+    m.set_assignment(np.roll(m.assignment, 1, axis=0))  # every item on another item's paths
+    assert m.retriever() is not first
+    ids, scores, _ = torch_path(m, hist, 7, 3)
+    got_ids, got_scores = m.recommend(hist, 7, B=3)
+    same_up_to_ties(got_ids, got_scores, ids, scores)
+    with torch.no_grad():
+        m.net.reranker.item_emb.weight.mul_(-1.0)
+    m.invalidate()
+    ids, scores, _ = torch_path(m, hist, 7, 3)
+    got_ids, got_scores = m.recommend(hist, 7, B=3)
+    same_up_to_ties(got_ids, got_scores, ids, scores)
+
+
+def test_retrieve_refuses_a_model_off_the_cpu(model, data):
+    import copy
+
+    from deep_retrieval.errors import DRError
+
+    m = copy.deepcopy(model)
+    m.net.to("meta")
+    with pytest.raises(DRError, match="retrieve serves a model on the CPU"):
+        m.retrieve(histories(data), 5, 3)
+
+
+def test_a_serving_model_copies_and_pickles(model, data):
+    """The cached Retriever (with its per-thread scratch) does not stop copy or pickle."""
+    import copy
+    import pickle
+
+    hist = histories(data)
+    want = model.recommend(hist, 5)  # builds the Retriever
+    for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        got = other.recommend(hist, 5)
+        np.testing.assert_array_equal(got[0], want[0])
+        np.testing.assert_array_equal(got[1], want[1])
+        got1 = other.recommend(hist.take(np.arange(1)), 5)  # batch 1 uses the scratch
+        same_up_to_ties(got1[0], got1[1], want[0][:1], want[1][:1])
+
+
+def test_model_retrieve_applies_the_servers_filters(model, data):
+    hist = histories(data)
+    u_str, u_rr = model.user_embeddings(hist, "str"), model.user_embeddings(hist, "rr")
+    r = Retriever.from_model(model)
+    rng = np.random.default_rng(2)
+    exclude = rng.choice(model.n_items, 10, replace=False)
+    allow = rng.choice(model.n_items, 30, replace=False)
+    got = model.retrieve(hist, 5, 4, drop=hist, exclude=exclude, allow=allow)
+    want = r.search(u_str, u_rr, 5, 4, drop=hist, exclude=exclude, allow=allow)
+    same_up_to_ties(got[0], got[1], want[0], want[1])
+    np.testing.assert_array_equal(got[2], want[2])
+    kept = got[0][got[0] >= 0]
+    assert not np.isin(kept, exclude).any() and np.isin(kept, allow).all()
+
+
+@pytest.mark.parametrize("call, msg", [
+    (lambda m, h: m.retrieve(h, 5, drop=h.take(np.arange(1))), "drop has 1 rows"),
+    (lambda m, h: m.retrieve(h, 0), "k must be >= 1"),
+    (lambda m, h: m.retrieve(h, 5, B=0), "beam size B"),
+    (lambda m, h: m.retrieve([[10**6]], 5), "outside"),
+])
+def test_model_retrieve_refuses_bad_inputs(model, data, call, msg):
+    from deep_retrieval.errors import DRError
+
+    with pytest.raises(DRError, match=msg):
+        call(model, histories(data))

@@ -42,8 +42,9 @@ from .blend import Blend, LogMean
 from .config import Config
 from .data.dataset import Dataset, Ragged, as_ragged
 from .errors import DRError, InvalidInputError
+from .fast import Retriever
 from .mstep import ScoreTable
-from .net import SPARSE_FROM_ITEMS, DRNet, load_net, uses_sparse_embeddings
+from .net import SPARSE_FROM_ITEMS, DRNet, eval_mode, load_net, uses_sparse_embeddings
 from .paths import PathIndex
 from .recommender import Recommender
 from .rerank import Reranked, pick_blend
@@ -122,6 +123,7 @@ class DeepRetrieval(Recommender):
         self.log: list[dict] = []  # one entry per epoch
         self._index: PathIndex | None = None
         self._tables: list[Tensor] | None = None
+        self._retriever: Retriever | None = None  # cache: the numpy serving arrays (CPU serving)
         self._lookup: dict[str, int] | None = None  # original id -> dense index
         # the blend picked after training (config.blend): {"scorer", "w", "eps", "validation"}
         self.blend: dict | None = None
@@ -236,11 +238,21 @@ class DeepRetrieval(Recommender):
     def set_assignment(self, assignment: np.ndarray) -> None:
         self.assignment = np.ascontiguousarray(assignment, dtype=np.int64)  # (V, J)
         self._index = PathIndex(self.assignment)
+        self._retriever = None
 
     def invalidate(self) -> None:
         """Forget caches computed from the weights (call after a gradient step)."""
         self._tables = None
         self._final = None
+        self._retriever = None
+
+    def retriever(self) -> Retriever:
+        """The numpy serving arrays of the current weights and paths (``fast.Retriever``), built
+        on first use and kept until ``invalidate`` or ``set_assignment``."""
+        self._check_fitted()
+        if self._retriever is None:
+            self._retriever = Retriever.from_model(self)
+        return self._retriever
 
     def final_scorer(self) -> Blend | None:
         """The blend that ranks the candidates, or None when the reranker alone does (no blend,
@@ -288,7 +300,7 @@ class DeepRetrieval(Recommender):
         self._check_fitted()
         hist = as_ragged(histories)
         self._check_ids(hist)
-        self.net.eval()
+        eval_mode(self.net)
         out = []
         for lo in range(0, len(hist), 4096):
             h, lens = self._padded(hist, np.arange(lo, min(lo + 4096, len(hist))))
@@ -306,7 +318,7 @@ class DeepRetrieval(Recommender):
         self._check_fitted()
         hist = as_ragged(histories)
         self._check_ids(hist)
-        self.net.eval()
+        eval_mode(self.net)
         B = self._beam(B)
         h, lens = self._padded(hist, np.arange(len(hist)))
         u_str = self.net.enc_str(h, lens)  # (n, e)
@@ -320,15 +332,16 @@ class DeepRetrieval(Recommender):
         """Beam search (B paths) -> candidates on those paths -> rerank -> top-k.
 
         The candidates are ranked by the blend when the model has one (``final_scorer``) and
-        ``blend`` is True, else by the jointly trained reranker.
+        ``blend`` is True, else by the jointly trained reranker. A model on the CPU answers
+        through ``retrieve`` (the server's path); on a GPU through the torch path of
+        ``retrieval.py`` (the training's validation), which ranks the same (tests/test_fast.py).
         """
-        self._check_fitted()
-        hist = as_ragged(histories)
-        self._check_ids(hist)
-        if k < 1:
-            raise DRError(f"k must be >= 1, got {k}")
-        B = self._beam(B)
-        final = self.final_scorer() if blend else None
+        hist, B = self._request(histories, k, B)
+        if net_device(self.net).type == "cpu":  # the server's path (``retrieve``)
+            ids, scores, self.last_items_scored = self._retrieve(
+                hist, k, B, hist if exclude_history else None, None, None, blend, batch_size)
+            return ids, scores
+        final = self.final_scorer() if blend else None  # on a GPU: the torch path (retrieval.py)
         if final is not None:
             ranked = Reranked(self, final, B)
             ids, scores = ranked.recommend(hist, k, exclude_history)
@@ -340,6 +353,56 @@ class DeepRetrieval(Recommender):
         )
         return ids, scores
 
+    def retrieve(
+        self, histories, k: int, B: int | None = None, drop=None, exclude=None, allow=None,
+        blend: bool = True, batch_size: int = 1024,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The CPU serving path of ``recommend``, ``dr retrieve`` and ``dr serve``: the torch
+        encoder, then ``fast.Retriever.search`` (numpy beam search, candidates, filters, rerank),
+        the blend's term added to the reranker's scores when the model has one and ``blend``.
+
+        ``histories``: rows of dense item indices. Filters, dense indices too: ``drop`` one row
+        per history of items that user must not get (``drop=histories`` is exclude-history),
+        ``exclude`` items nobody gets, ``allow`` the only items anybody gets. Returns ids (n, k)
+        (-1 pads), scores (n, k) (-inf pads) and the candidates reranked per user (n,), after
+        the filters.
+        """
+        hist, B = self._request(histories, k, B)
+        drop = None if drop is None else as_ragged(drop)
+        if drop is not None and len(drop) != len(hist):
+            raise InvalidInputError(f"drop has {len(drop)} rows for {len(hist)} histories")
+        if net_device(self.net).type != "cpu":
+            raise DRError(f"retrieve serves a model on the CPU; this one is on {net_device(self.net)} "
+                          "(recommend works on either; model.to('cpu') moves it)")
+        return self._retrieve(hist, k, B, drop, exclude, allow, blend, batch_size)
+
+    @torch.inference_mode()
+    def _retrieve(self, hist: Ragged, k: int, B: int, drop: Ragged | None, exclude, allow, blend: bool,
+                  batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``retrieve`` on a checked request."""
+        eval_mode(self.net)
+        r, n = self.retriever(), len(hist)
+        lm = None
+        if blend and self.blend_scorer is not None:
+            w, lm = np.float32(self.blend["w"]), LogMean(self.blend_scorer, self.blend["eps"], self.n_items)
+        parts = []
+        for lo in range(0, n, batch_size):
+            rows = np.arange(lo, min(lo + batch_size, n))
+            part = hist.take(rows)
+            h, lens = self._padded(part, np.arange(len(rows)))
+            u_str, u_rr = self.net.encode(h, lens)  # (b, e) each
+            u_rr = self.net.reranker.user(u_rr)  # as the reranker scores it (cosine: unit)
+
+            def extra(users, cands, part=part):  # the blend's w * LogMean(scorer) per candidate
+                return w * lm.score_items(part.take(users), cands).values
+
+            mine = None if drop is None else drop.take(rows)
+            parts.append(r.search(u_str.numpy(), u_rr.numpy(), k, B, drop=mine, exclude=exclude,
+                                  allow=allow, extra=None if lm is None else extra))
+        if not parts:
+            return (np.zeros((0, k), np.int64), np.zeros((0, k), np.float32), np.zeros(0, np.int64))
+        return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
+
     def candidates(self, histories, B: int | None = None) -> Ragged:
         """The items on each user's B best paths (what the reranker scores), one row per history."""
         self._check_fitted()
@@ -347,6 +410,15 @@ class DeepRetrieval(Recommender):
         self._check_ids(hist)
         return candidates(self.net, self._index, self.config, hist, self._beam(B),
                           tables=self._prefix_tables())
+
+    def _request(self, histories, k: int, B: int | None) -> tuple[Ragged, int]:
+        """A checked request: the histories as a Ragged of known items, k >= 1, and the beam."""
+        self._check_fitted()
+        hist = as_ragged(histories)
+        self._check_ids(hist)
+        if k < 1:
+            raise DRError(f"k must be >= 1, got {k}")
+        return hist, self._beam(B)
 
     def _beam(self, B: int | None) -> int:
         if B is None:

@@ -98,6 +98,12 @@ def grow(net: DRNet, cfg: Config, item_counts: np.ndarray) -> DRNet:
     return new
 
 
+def eval_mode(net: nn.Module) -> nn.Module:
+    """``net.eval()`` unless the net is in eval mode already: ``eval`` walks every submodule,
+    ~0.5 ms a call, more than the rest of a small model's single-user answer."""
+    return net.eval() if net.training else net
+
+
 def load_net(build, state: dict, path: Path) -> nn.Module:
     """``build()``'s module with ``state``'s tensors as its weights, without a second copy.
 

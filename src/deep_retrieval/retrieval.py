@@ -1,11 +1,13 @@
-"""Retrieval with a DRNet and a path index: the one torch serving path.
+"""Retrieval with a DRNet and a path index: the torch path.
 
     history -> encoder -> beam search over the K x D structure (B paths)
             -> candidates = union of the items on those paths -> rerank -> top-k
 
-``DeepRetrieval.recommend`` and the trainer's validation both call ``recommend`` here, so
-what training reports is what the model serves. The net may sit on any device; the
-histories, the path index and the results are on the CPU.
+The trainer's validation and a GPU model's ``DeepRetrieval.recommend`` call ``recommend`` here.
+A CPU model serves through ``DeepRetrieval.retrieve`` (numpy ``fast.Retriever``, the server's
+path), which returns the same lists, ties aside (tests/test_fast.py), so what training reports
+is what the model serves. The net may sit on any device; the histories, the path index and the
+results are on the CPU.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from torch import Tensor
 from .beam import beam_search
 from .config import Config
 from .data.dataset import Ragged, pad_ragged
-from .net import DRNet
+from .net import DRNet, eval_mode
 from .paths import PathIndex
 from .recommender import pairs_in_history
 from .structure import to_flat
@@ -44,7 +46,7 @@ def candidates(
     tables: list[Tensor] | None = None,
 ) -> Ragged:
     """The items on each user's B best paths (the union, ascending): one Ragged row per history."""
-    net.eval()
+    eval_mode(net)
     dev = net_device(net)
     if tables is None:
         tables = net.structure.prefix_tables()
@@ -71,7 +73,7 @@ def recommend(
 
     ``tables``: ``net.structure.prefix_tables()`` of the current weights (computed if None).
     """
-    net.eval()
+    eval_mode(net)
     dev = net_device(net)
     K = cfg.structure.K
     n = len(hist)

@@ -10,9 +10,9 @@
                           "reloaded", "model": {...}}; SIGHUP does the same for the same directory
     GET  /openapi.json    the schema; /docs renders it
 
-Inference is ``fast.Retriever`` (numpy beam search + candidates + rerank) after the model's
-torch encoder (a model with a blend, ``DeepRetrieval.blend``, adds the blend's term to the
-reranker's scores of the candidates, as ``DeepRetrieval.recommend`` ranks them), in a thread
+Inference is ``DeepRetrieval.retrieve``, the path ``recommend`` takes on the CPU: the model's
+torch encoder, then ``fast.Retriever`` (numpy beam search + candidates + rerank; a model with a
+blend, ``DeepRetrieval.blend``, adds the blend's term to the reranker's scores), in a thread
 pool (``Limits.threads``): no global lock, both release the GIL in their large operations.
 Small requests without item filters are batched (``Batcher``): while one batch runs, the
 next queues, and goes as one encoder + Retriever call. Large requests
@@ -125,9 +125,6 @@ class Served:
     """A loaded model ready to answer: the torch encoder, the numpy Retriever, the id maps."""
 
     def __init__(self, path: str | os.PathLike):
-        import torch
-
-        from .fast import Retriever
         from .model import DeepRetrieval
 
         if "\x00" in str(path):  # resolve() would raise ValueError: a 500 instead of a 400
@@ -136,15 +133,14 @@ class Served:
         try:
             model = DeepRetrieval.load(self.path)
             self.version = _fingerprint(self.path)
-            self.retriever = Retriever.from_model(model)
+            model.retriever()  # the numpy serving arrays, built now: a broken model fails here
         except DRError:
             raise
         except Exception as e:  # a broken directory must be refused, whatever broke
             raise DRError(f"model {path}: cannot be loaded ({type(e).__name__}: {e})") from None
-        self.model, self.torch = model, torch
+        self.model = model
         self.n_items = model.n_items
         self.B = model.config.beam.B
-        self.max_seq_len = model.config.encoder.max_seq_len
         ids = np.asarray(model.item_ids)
         self.item_ids = ids
         self.int_ids = ids.dtype.kind in "iu"
@@ -158,12 +154,6 @@ class Served:
             "blend": None if model.blend_scorer is None else
             {x: model.blend[x] for x in ("scorer", "w", "eps")},
         }
-        self.blend = None  # w * LogMean(scorer, eps): the blend's term added to the reranker's
-        if model.blend_scorer is not None:
-            from .blend import LogMean
-
-            w, eps = float(model.blend["w"]), model.blend["eps"]
-            self.blend = (w, LogMean(model.blend_scorer, eps, self.n_items))
         ids, _, _ = self.search([np.zeros(0, np.int64)], 1, self.B)  # a smoke test of every array
         if not (ids.shape == (1, 1) and -1 <= ids[0, 0] < self.n_items):
             raise DRError(f"model {path}: a test query returned {ids.tolist()}")
@@ -205,12 +195,13 @@ class Served:
 
     # inference ------------------------------------------------------------------------
     def search(self, hists: list[np.ndarray], k: int, B: int, exclude_history=False,
-               exclude=None, allow=None, deadline: float | None = None):
+               exclude=None, allow=None, deadline: float | None = None, blend: bool = True):
         """Dense histories -> ids (n, k), scores (n, k), candidates (n,), CHUNK users at a time.
 
-        ``exclude_history``: one bool for every user or a list of one per user.
+        ``exclude_history``: one bool for every user or a list of one per user. ``blend``:
+        False leaves a model's blend out (the reranker alone; benchmarks/bench_serve_blend.py).
         """
-        from .data.dataset import Ragged, pad_ragged
+        from .data.dataset import Ragged
 
         n = len(hists)
         per_user = [exclude_history] * n if isinstance(exclude_history, bool) else list(exclude_history)
@@ -220,22 +211,11 @@ class Served:
             if deadline is not None and time.monotonic() > deadline:
                 raise _Expired
             rows = Ragged.from_lists(hists[lo : lo + CHUNK])
-            h, lens = pad_ragged(rows, self.max_seq_len)
-            with self.torch.inference_mode():
-                u_str, u_rr = self.model.net.encode(self.torch.from_numpy(h), self.torch.from_numpy(lens))
-                u_rr = self.model.net.reranker.user(u_rr)  # as the reranker scores it (cosine: unit)
             mine = per_user[lo : lo + CHUNK]
             drop = None if not any(mine) else rows if all(mine) else Ragged.from_lists(
                 [x if d else empty for x, d in zip(hists[lo : lo + CHUNK], mine, strict=True)])
-            extra = None
-            if self.blend is not None:
-                w, log_mean = self.blend
-
-                def extra(users, cands, rows=rows, w=w, log_mean=log_mean):
-                    return np.float32(w) * log_mean.score_items(rows.take(users), cands).values
-
-            parts.append(self.retriever.search(u_str.numpy(), u_rr.numpy(), k, B, chunk=CHUNK,
-                                               drop=drop, exclude=exclude, allow=allow, extra=extra))
+            parts.append(self.model.retrieve(rows, k, B, drop=drop, exclude=exclude, allow=allow,
+                                             blend=blend))
         return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
 
 

@@ -27,7 +27,7 @@ from .encoder import UserEncoder
 from .errors import DRError
 from .examples import Examples
 from .model import FORMAT_VERSION, load_net, read_model_dir, write_model_dir
-from .net import uses_sparse_embeddings
+from .net import eval_mode, uses_sparse_embeddings
 from .recommender import Recommender
 from .reranker import Reranker
 from .state import make_optimizers
@@ -103,7 +103,7 @@ class YouTubeDNN(Recommender):
         """(n, e) float32 user embeddings."""
         self._check_fitted()
         hist = as_ragged(histories)
-        self.net.eval()
+        eval_mode(self.net)
         out = []
         for lo in range(0, len(hist), 4096):
             rows = np.arange(lo, min(lo + 4096, len(hist)))
