@@ -2,6 +2,9 @@
 against the oracles: the torch beam_search and the torch path of retrieval.py (a GPU model's
 ``recommend`` and the training's validation)."""
 
+import copy
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -241,8 +244,6 @@ def test_concurrent_searches_match_sequential(model, data):
 def test_recommend_follows_new_paths_and_weights(model, data):
     """A CPU model's recommend serves through a cached Retriever: a new assignment or changed
     weights (``invalidate``) rebuild it, so recommend keeps agreeing with the torch path."""
-    import copy
-
     m = copy.deepcopy(model)
     hist = histories(data)
     first = m.retriever()
@@ -261,8 +262,6 @@ def test_recommend_follows_new_paths_and_weights(model, data):
 
 
 def test_retrieve_refuses_a_model_off_the_cpu(model, data):
-    import copy
-
     from deep_retrieval.errors import DRError
 
     m = copy.deepcopy(model)
@@ -273,9 +272,6 @@ def test_retrieve_refuses_a_model_off_the_cpu(model, data):
 
 def test_a_serving_model_copies_and_pickles(model, data):
     """The cached Retriever (with its per-thread scratch) does not stop copy or pickle."""
-    import copy
-    import pickle
-
     hist = histories(data)
     want = model.recommend(hist, 5)  # builds the Retriever
     for other in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):

@@ -344,8 +344,9 @@ class Retriever:
                 s = s + add[None, :]
             cand = items[None, :]  # (1, m)
         else:  # rows are contiguous: padded to (n, m) in one scatter
-            col = np.arange(len(items)) - np.repeat(np.cumsum(lengths) - lengths, lengths)  # (total,)
-            vals = self._each_user_scores(items, lengths, u_rr)  # (total,)
+            start = np.cumsum(lengths) - lengths  # (n,) each user's first position in items
+            col = np.arange(len(items)) - np.repeat(start, lengths)  # (total,)
+            vals = self._each_user_scores(items, start, lengths, u_rr)  # (total,)
             if add is not None:
                 vals += add
             s = np.full((n, m), -np.inf, dtype=np.float32)  # (n, m)
@@ -372,9 +373,10 @@ class Retriever:
             return (self.item_emb @ u)[items]  # (m,)
         return np.take(self.item_emb, items, axis=0) @ u  # (m,); take: ~40% faster than E[items]
 
-    def _each_user_scores(self, items: np.ndarray, lengths: np.ndarray, u: np.ndarray) -> np.ndarray:
-        """``_scores`` of each user u (n, e) with its candidates, items (total,) grouped by user
-        in ``lengths`` (n,) -> (total,) float32.
+    def _each_user_scores(self, items: np.ndarray, start: np.ndarray, lengths: np.ndarray,
+                          u: np.ndarray) -> np.ndarray:
+        """``_scores`` of each user u (n, e) with its candidates -> (total,) float32: user i's
+        are ``items[start[i] : start[i] + lengths[i]]``.
 
         Users with more than ``DENSE_FRACTION`` of V candidates (scored against every item, as
         ``_scores`` does) go together, up to ``DENSE_BLOCK`` scores at a time, through one
@@ -384,15 +386,15 @@ class Retriever:
         """
         V = len(self.item_emb)
         out = np.empty(len(items), dtype=np.float32)  # (total,)
-        end = np.cumsum(lengths)  # (n,)
-        start = end - lengths  # (n,)
-        wide = np.flatnonzero(lengths > DENSE_FRACTION * V)  # (w,) users scored against every item
+        end = start + lengths  # (n,)
+        wide = lengths > DENSE_FRACTION * V  # (n,) users scored against every item
+        blocks = np.flatnonzero(wide)
         step = max(1, DENSE_BLOCK // max(V, 1))
-        for lo in range(0, len(wide), step):
-            blk = wide[lo : lo + step]
+        for lo in range(0, len(blocks), step):
+            blk = blocks[lo : lo + step]
             full = u[blk] @ self.item_emb.T  # (blk, V)
             for j, i in enumerate(blk):
                 out[start[i] : end[i]] = full[j, items[start[i] : end[i]]]
-        for i in np.flatnonzero((lengths > 0) & (lengths <= DENSE_FRACTION * V)):
-            out[start[i] : end[i]] = np.take(self.item_emb, items[start[i] : end[i]], axis=0) @ u[i]
+        for i in np.flatnonzero(~wide & (lengths > 0)):  # gathered rows
+            out[start[i] : end[i]] = self._scores(items[start[i] : end[i]], u[i])
         return out
