@@ -281,9 +281,9 @@ def test_mstep_schedule(data, monkeypatch, every, expected):
     sizes = []
     real = train.m_step
 
-    def spy(model, ex, idx, N_v):
+    def spy(model, ex, idx, N_v, distill=0):
         sizes.append(len(idx))
-        return real(model, ex, idx, N_v)
+        return real(model, ex, idx, N_v, distill)
 
     monkeypatch.setattr(train, "m_step", spy)
     cfg = tiny_config(em__mstep_every=every)

@@ -65,6 +65,26 @@ def test_path_logprob_is_sum_of_layer_logprobs():
         torch.testing.assert_close(got[i, j], want)
 
 
+def test_path_logprob_per_user_rows_and_gradients_equal_the_direct_computation():
+    """``users`` indexes u per set of paths; the per-user shares and the prefix tables give the
+    direct per-path computation's values and gradients."""
+    m = make()
+    u = torch.randn(3, 5, dtype=torch.double, requires_grad=True)
+    users = torch.tensor([2, 0, 0, 1, 2])
+    paths = torch.randint(0, 4, (5, 2, 3))
+    got = m.path_logprob(u, paths, users=users)  # (5, 2)
+    torch.testing.assert_close(got, m.path_logprob(u[users], paths))
+    want = torch.stack([torch.stack([
+        sum(m.layer_logprobs(u[users[i]][None], paths[i, j, None, :d])[0, paths[i, j, d]] for d in range(3))
+        for j in range(2)]) for i in range(5)])  # (5, 2), one layer at a time
+    weights = torch.randn(5, 2, dtype=torch.double)
+    params = [u, *m.parameters()]
+    g_got = torch.autograd.grad((got * weights).sum(), params)
+    g_want = torch.autograd.grad((want * weights).sum(), params)
+    for a, b in zip(g_got, g_want, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_multipath_loss_equals_direct_computation():
     m = make()
     batch, J, K, D = 4, 3, 4, 3

@@ -123,6 +123,11 @@ class TrainConfig:
     # when torch sees one, else the CPU; "cpu"; "cuda" or "cuda:N". Coordinate descent and
     # the streaming update always run on the CPU (numba). The saved model is device-free.
     device: str = "auto"
+    # our addition, for the DR-only epochs (phase 2, the reranker frozen): each example's
+    # targets also take the reranker's top `distill` items by brute force (the example's
+    # history and targets left out), in the E-step's loss and in the M-step's score
+    # collection, so that the paths follow what the reranker ranks highest; 0 = the paper
+    distill: int = 0
 
 
 @dataclass
@@ -206,6 +211,7 @@ class Config:
             (self.train.val_B >= 0, "train.val_B must be >= 0 (0: beam.B)"),
             (self.train.lr > 0, "train.lr must be > 0"),
             (self.train.epochs_joint >= 0 and self.train.epochs_dr >= 0, "epochs must be >= 0"),
+            (self.train.distill >= 0, "train.distill must be >= 0"),
             (self.train.epochs_joint + self.train.epochs_dr > 0,
              "train.epochs_joint = train.epochs_dr = 0: nothing would be trained"),
             (self.train.threads >= 0,

@@ -72,28 +72,30 @@ class StructureModel(nn.Module):
         return F.log_softmax(self.layer_logits(u, prefix), dim=-1)  # (n, K)
 
     # ------------------------------------------------------------ paths
-    def path_logprob(self, u: Tensor, paths: Tensor) -> Tensor:
+    def path_logprob(self, u: Tensor, paths: Tensor, users: Tensor | None = None) -> Tensor:
         """log p(c | u) = sum_d log p(c_d | u, c_<d) of every path.
 
-        u (batch, e), paths (batch, J, D) long -> (batch, J). Layer 0 runs once per user;
-        later layers run on batch*J rows, with the user's share of their first Linear
-        computed once per user.
+        u (n, e), paths (N, J, D) long, users (N,) long: the row of u that each set of paths
+        belongs to (None: N = n, row i) -> (N, J). Layer 0 and the user's share of every later
+        layer's first Linear run once per row of u; the prefix's share of that Linear is
+        looked up in ``prefix_tables`` (computed with their gradient), so only the layers' other
+        Linears run per path.
         """
-        batch, J, D = paths.shape
-        # layer 0 has no prefix: one pass per user, shared by its J paths
-        total = self.layer_logprobs(u, paths[:, 0, :0]).gather(1, paths[:, :, 0])  # (batch, J)
+        N, J, D = paths.shape
+        at = (lambda t: t) if users is None else (lambda t: t[users])  # (n, ...) -> (N, ...)
+        # layer 0 has no prefix: one pass per user, shared by its paths
+        total = at(self.layer_logprobs(u, paths.new_zeros(len(u), 0))).gather(1, paths[:, :, 0])  # (N, J)
         if D == 1:
             return total
-        total = total.reshape(batch * J)  # (batch*J,)
-        flat = paths.reshape(batch * J, D)  # (batch*J, D)
+        tables = self.prefix_tables()
+        total = total.reshape(N * J)  # (N*J,)
+        flat = paths.reshape(N * J, D)  # (N*J, D)
         for d in range(1, D):
-            # the user's share of the first Linear once per user, the prefix's share per path
-            up = self.user_part(d, u)[:, None, :].expand(batch, J, -1).reshape(batch * J, -1)
-            nodes = torch.cat([self.node_emb[i](flat[:, i]) for i in range(d)], dim=1)  # (batch*J, d*e)
-            pre = up + F.linear(nodes, self.first[d].weight[:, self.e :])  # (batch*J, H)
-            logp = self.head_logprobs(d, pre)  # (batch*J, K)
-            total = total + logp.gather(1, flat[:, d : d + 1]).squeeze(1)  # (batch*J,)
-        return total.view(batch, J)  # (batch, J)
+            up = at(self.user_part(d, u))[:, None, :].expand(N, J, -1).reshape(N * J, -1)  # (N*J, H)
+            pre = up + self.prefix_part(tables[d], flat[:, :d])  # (N*J, H)
+            logp = self.head_logprobs(d, pre)  # (N*J, K)
+            total = total + logp.gather(1, flat[:, d : d + 1]).squeeze(1)  # (N*J,)
+        return total.view(N, J)  # (N, J)
 
     def multipath_loss(self, u: Tensor, paths: Tensor) -> Tensor:
         """-mean_i log sum_j p(pi_j(y_i) | x_i): u (batch, e), paths (batch, J, D) -> scalar.
@@ -112,7 +114,7 @@ class StructureModel(nn.Module):
         ``multipath_loss(u, paths[:, 0])``.
         """
         b, t = torch.nonzero(mask, as_tuple=True)  # (N,) valid pairs
-        nll = -torch.logsumexp(self.path_logprob(u[b], paths[b, t]), dim=1)  # (N,)
+        nll = -torch.logsumexp(self.path_logprob(u, paths[b, t], users=b), dim=1)  # (N,)
         n = mask.sum(1)  # (batch,)
         per_user = torch.zeros(len(u), dtype=nll.dtype, device=nll.device).index_add(0, b, nll)  # (batch,)
         return (per_user[n > 0] / n[n > 0]).mean()  # ()

@@ -40,7 +40,14 @@ from .data.dataset import Dataset, unique_sorted
 from .errors import DRError
 from .examples import Examples
 from .metrics import compute
-from .mstep import ScoreTable, collect_scores, coordinate_descent, penalised_objective, streaming_update
+from .mstep import (
+    ScoreTable,
+    collect_scores,
+    coordinate_descent,
+    merge_sum,
+    penalised_objective,
+    streaming_update,
+)
 from .paths import PathIndex, path_stats
 from .retrieval import recommend
 from .state import Checkpointer, Progress, TrainState, _rank_world, make_optimizers
@@ -50,6 +57,7 @@ __all__ = ["Examples", "make_optimizers", "train", "m_step", "window_examples", 
 
 SCORE_BATCH = 512  # examples per no-grad beam-search batch in score collection (CPU)
 SCORE_BATCH_GPU = 8192  # the same on a GPU, where a (8192, S * K) layer is still small
+MAX_ENTRIES = 1 << 27  # (example, path) entries summed at once in score collection (~40 bytes each)
 
 
 def train(
@@ -161,10 +169,12 @@ def _e_step(state: TrainState, ex: Examples, idx: np.ndarray, joint: bool) -> No
     """One gradient step on the batch ``idx`` of examples."""
     net, S, P, dev = state.net, state.config.structure, state.progress, state.device
     net.train()
-    hist, lengths, y = ex.batch(idx)  # y: (b,) one target per example, or (b, T) padded -1
-    pi = torch.from_numpy(state.assignment[y.numpy().clip(min=0)]).to(dev)  # (b, J) or (b, T, J)
+    hist, lengths, y = (t.to(dev) for t in ex.batch(idx))  # y: (b,) one target each, or (b, T) padded -1
+    m = 0 if joint else state.config.train.distill
+    if m:
+        y = torch.cat([y.view(len(idx), -1), distill_targets(net, hist, lengths, y, m)], dim=1)  # (b, T + m)
+    pi = torch.from_numpy(state.assignment[y.cpu().numpy().clip(min=0)]).to(dev)  # (b, J) or (b, T, J)
     paths = from_flat(pi, S.K, S.D)  # (b, J, D) or (b, T, J, D)
-    hist, lengths, y = hist.to(dev), lengths.to(dev), y.to(dev)
 
     def structure_loss(u_str):  # () = -Q_str / batch
         if y.dim() == 1:
@@ -190,9 +200,26 @@ def _e_step(state: TrainState, ex: Examples, idx: np.ndarray, joint: bool) -> No
     P.examples += len(idx)
 
 
+@torch.no_grad()
+def distill_targets(net, hist: torch.Tensor, lengths: torch.Tensor, y: torch.Tensor, m: int) -> torch.Tensor:
+    """The reranker's top ``m`` items for each example by brute force (dropout off), the
+    example's history and targets left out: (b, m) long, padded -1 where fewer remain."""
+    was_training = net.training
+    s = net.eval().reranker.full_scores(net.encode_rr(hist, lengths))  # (b, V)
+    net.train(was_training)
+    V = s.shape[1]
+    s = torch.nn.functional.pad(s, (0, 1))  # (b, V + 1): column V takes the -1 pads
+    for seen in (hist, y.view(len(s), -1)):
+        s.scatter_(1, torch.where(seen < 0, V, seen), float("-inf"))
+    top, items = s[:, :V].topk(min(m, V), dim=1)  # (b, m)
+    return items.masked_fill(top == float("-inf"), -1)
+
+
 def _timed_m_step(state: TrainState, ex: Examples) -> None:
     tm = time.perf_counter()
-    state.progress.mstep_info = m_step(state, ex, *window_examples(ex, state.window, state.n_items))
+    joint = state.progress.epoch < state.config.train.epochs_joint
+    state.progress.mstep_info = m_step(state, ex, *window_examples(ex, state.window, state.n_items),
+                                       distill=0 if joint else state.config.train.distill)
     state.progress.seconds_m += time.perf_counter() - tm
     state.window = []
 
@@ -207,36 +234,59 @@ def window_examples(ex: Examples, window: list[np.ndarray], V: int) -> tuple[np.
 
 
 @torch.no_grad()
-def m_step(state: TrainState, ex: Examples, idx: np.ndarray, N_v: np.ndarray) -> dict:
-    """Score collection over the window's examples, streaming update, coordinate descent."""
+def m_step(state: TrainState, ex: Examples, idx: np.ndarray, N_v: np.ndarray, distill: int = 0) -> dict:
+    """Score collection over the window's examples, streaming update, coordinate descent.
+
+    ``distill`` > 0: each example's beam also scores the reranker's top ``distill`` items
+    (``distill_targets``); N_v stays the training pairs' counts. The (example, path) entries
+    are summed exactly up to ``MAX_ENTRIES`` at a time (one process), in chunk tables merged
+    by ``merge_sum`` beyond that.
+    """
     cfg = state.config
     S, E = cfg.structure, cfg.em
     net = state.net
     net.eval()
     V = len(N_v)
+    world = _rank_world()[1]
     t0 = time.perf_counter()
     tables = net.structure.prefix_tables()
-    flat_parts, prob_parts, target_parts = [], [], []
+    width = min(E.S, S.K**S.D)
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (targets, flat paths, probs)
+    new = None
+
+    def flush(new):  # sum the parts into one table, added to ``new``
+        if not parts:  # an empty window: an empty table
+            parts.append((np.zeros(0, dtype=np.int64), np.zeros((0, width), dtype=np.int64),
+                          np.zeros((0, width), dtype=np.float32)))
+        targets, flat, probs = (np.concatenate(x) for x in zip(*parts, strict=True))
+        parts.clear()
+        if world > 1:  # every rank gets every rank's triples
+            gathered = [None] * world
+            dist.all_gather_object(gathered, (targets, flat, probs))
+            targets, flat, probs = (np.concatenate(x) for x in zip(*gathered, strict=True))
+        table = collect_scores(targets, flat, probs, V, E.S)
+        return table if new is None else merge_sum(new, table, E.S)
+
     step = SCORE_BATCH if state.device.type == "cpu" else SCORE_BATCH_GPU
     for lo in range(0, len(idx), step):
         b = idx[lo : lo + step]
-        hist, lengths, _ = (t.to(state.device) for t in ex.batch(b))
+        hist, lengths, y = (t.to(state.device) for t in ex.batch(b))
         u_str = net.enc_str(hist, lengths)  # (b, e)
         paths, logp = beam_search(net.structure, u_str, E.S, tables)  # (b, S', D), (b, S')
         rows, items = ex.pairs(b)  # each example's beam scores each of its targets
-        flat_parts.append(to_flat(paths, S.K).cpu().numpy()[rows])
-        prob_parts.append(logp.exp().float().cpu().numpy()[rows])
-        target_parts.append(items)
-    width = min(E.S, S.K**S.D)
-    targets = np.concatenate(target_parts) if target_parts else np.zeros(0, dtype=np.int64)
-    flat = np.concatenate(flat_parts) if flat_parts else np.zeros((0, width), dtype=np.int64)
-    probs = np.concatenate(prob_parts) if prob_parts else np.zeros((0, width), dtype=np.float32)
-    if _rank_world()[1] > 1:  # every rank gets every rank's triples, and N_v over all of them
-        parts = [None] * _rank_world()[1]
-        dist.all_gather_object(parts, (targets, flat, probs))
-        targets, flat, probs = (np.concatenate(x) for x in zip(*parts, strict=True))
-        N_v = np.bincount(targets, minlength=V)
-    new = collect_scores(targets, flat, probs, V, E.S)
+        if distill:
+            top = distill_targets(net, hist, lengths, y, distill).cpu().numpy()  # (b, m)
+            r, j = np.nonzero(top >= 0)
+            rows, items = np.concatenate([rows, r]), np.concatenate([items, top[r, j]])
+        parts.append((items, to_flat(paths, S.K).cpu().numpy()[rows], logp.exp().float().cpu().numpy()[rows]))
+        if world == 1 and sum(len(p[0]) for p in parts) * width > MAX_ENTRIES:
+            new = flush(new)
+    if parts or new is None:
+        new = flush(new)
+    if world > 1:  # N_v over every rank's examples
+        counts = [None] * world
+        dist.all_gather_object(counts, N_v)
+        N_v = np.sum(counts, axis=0)
     t1 = time.perf_counter()
     state.scores = streaming_update(state.scores, new, E.eta)
     rng = np.random.default_rng(cfg.train.seed + len(state.log) + 1)
