@@ -10,6 +10,7 @@ from deep_retrieval.examples import Examples
 from deep_retrieval.model import DeepRetrieval
 from deep_retrieval.mstep import ScoreTable
 from deep_retrieval.state import TrainState
+from deep_retrieval.structure import StructureModel
 from tests.test_contract import synthetic_dataset
 from tests.test_model import tiny_config
 
@@ -56,16 +57,13 @@ def test_distill_pads_when_fewer_items_remain(data):
 
 def test_distill_reaches_the_dr_only_phase_only(data, monkeypatch):
     seen, widths = [], []
-    real_collect, real_loss = train.collect_scores, None
+    real_collect, real_loss = train.collect_scores, StructureModel.multipath_loss_multi
 
     def spy_collect(targets, flat, probs, V, S):
         seen.append(len(targets))
         return real_collect(targets, flat, probs, V, S)
 
     monkeypatch.setattr(train, "collect_scores", spy_collect)
-    from deep_retrieval.structure import StructureModel
-
-    real_loss = StructureModel.multipath_loss_multi
 
     def spy_loss(self, u, paths, mask):
         widths.append(paths.shape[1])
