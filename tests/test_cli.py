@@ -216,3 +216,19 @@ def test_evaluate_rerank_bad_options(workdir, capsys, extra, message):
 def test_evaluate_rerank_needs_a_model(workdir, capsys):
     assert main(["evaluate", str(workdir / "data"), "--methods", "item-cf", "--rerank", "rp3beta"]) == 2
     assert "trained model directory" in capsys.readouterr().err
+
+
+def test_beam_reports_every_b_and_writes_a_model_serving_at_the_pick(workdir, capsys):
+    data, model = workdir / "data", workdir / "model"
+    out, js = workdir / "model_beam", workdir / "beam.json"
+    assert main(["beam", str(data), str(model), "--beams", "9,1,2", "--k", "3,5", "--target", "0.01",
+                 "--json", str(js), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    res = json.loads(js.read_text())
+    assert [r["B"] for r in res["rows"]] == [1, 2, 9] and res["split"] == "val"
+    assert res["B"] == 1 and "pick: B = 1," in text  # every ratio of B = 1 is >= 0.01
+    assert res["rows"][-1]["ratio"] == {"3": pytest.approx(1.0), "5": pytest.approx(1.0)}  # B = K^D
+    served = DeepRetrieval.load(out)
+    assert served.config.beam.B == 1
+    np.testing.assert_array_equal(served.assignment, DeepRetrieval.load(model).assignment)
+    assert DeepRetrieval.load(model).config.beam.B == 3  # the input is not touched

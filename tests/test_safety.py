@@ -120,9 +120,17 @@ CASES = [
     (["evaluate", D, "--methods", "popularity", "--json", "{d}/mine"], "is a directory; give a file name"),
     (["evaluate", D, "--methods", "popularity", "--json", "{d}/mine/notes.txt"],
      "exists and is not a results JSON"),
+    (["beam", D, M, "--out", "{d}/mine"], "is not a model (it holds notes.txt, sub/)"),
+    (["beam", D, M, "--json", "{d}/mine/notes.txt"], "exists and is not a results JSON"),
+    (["beam", D, M, M, "--out", "{d}/new"], "--out writes one model: give one MODEL, not 2"),
+    (["beam", D, M, "--beams", "0,2"], "--beams must be >= 1"),
+    (["beam", D, M, "--beams", "a"], "--beams must be comma-separated integers"),
+    (["beam", D, M, "--target", "0"], "Invalid value for '--target'"),
+    (["beam", D, M, "--out", D], "is one of the inputs"),
     # same kind: --force needed
     (PREP + ["--out", D], "already holds a prepared data set; give --force to replace it"),
     (TRAIN + ["--out", M], "already holds a model; give --force to replace it"),
+    (["beam", D, M, "--out", M], "already holds a model; give --force to replace it"),
     # options
     (["retrieve", M, "--history", "101", "--beam", "-3"], "-3 is not in the range x>=1"),
     (["retrieve", M, "--history", "101", "--beam", "0"], "0 is not in the range x>=1"),

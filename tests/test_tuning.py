@@ -84,3 +84,104 @@ def test_build_methods_bad_spec_is_one_line_error(spec, message):
     with pytest.raises(DRError, match=message) as e:
         build_methods([spec], synthetic_dataset())
     assert "\n" not in str(e.value)
+
+
+# ------------------------------------------------------------------ pick_beam (dr beam)
+@pytest.fixture(scope="module")
+def beam_data():
+    return synthetic_dataset(seed=4)
+
+
+@pytest.fixture(scope="module")
+def beam_models(beam_data):
+    from deep_retrieval.model import DeepRetrieval
+    from tests.test_model import quiet, tiny_config
+
+    return [DeepRetrieval(tiny_config(train__seed=s)).fit(beam_data, log=quiet) for s in (0, 1)]
+
+
+def _val_recall(rec, ds, k):
+    return evaluate(ds, {"x": rec}, [k], split="val", latency_users=0)["results"][0]["recall"]
+
+
+def test_pick_beam_rows_are_pooled_validation_recalls_and_never_read_test(beam_models, beam_data):
+    from deep_retrieval.tuning import _AtBeam, pick_beam
+
+    ds = dataclasses.replace(beam_data, test=Forbidden())
+    pick = pick_beam(beam_models, ds, [2, 1, 2], [3, 5], target=0.5, latency_users=2)
+    assert [r["B"] for r in pick.rows] == [1, 2]  # sorted, distinct
+    for k in (3, 5):
+        bf = np.mean([_val_recall(m.as_recommenders()["brute-force"], ds, k) for m in beam_models])
+        assert pick.exact["brute-force"][k] == pytest.approx(bf)
+        for row in pick.rows:
+            dr = np.mean([_val_recall(_AtBeam(m, row["B"], blend=False), ds, k) for m in beam_models])
+            assert row["recall"][k] == pytest.approx(dr)
+            assert row["ratio"][k] == pytest.approx(dr / bf)
+    assert "ratio_blend" not in pick.rows[0]  # the tiny models carry no blend
+    assert all(r["items_scored"] <= ds.n_items and r["latency_ms_batch1"] > 0 for r in pick.rows)
+
+
+def test_pick_beam_full_beam_equals_brute_force_and_picks_the_smallest_b_that_keeps_the_target(
+        beam_models, beam_data):
+    from deep_retrieval.tuning import pick_beam
+
+    S = beam_models[0].config.structure
+    full = S.K**S.D  # every path searched: DR reranks every item, it is brute force
+    pick = pick_beam(beam_models, beam_data, [1, 2, 3, full], [3, 5], target=1.0, latency_users=0)
+    assert pick.rows[-1]["ratio"] == {3: pytest.approx(1.0), 5: pytest.approx(1.0)}
+    assert pick.rows[-1]["items_scored"] == beam_data.n_items
+    keeps = [r["B"] for r in pick.rows if min(r["ratio"].values()) >= 1.0]
+    assert pick.B == min(keeps) and "pick: B = " in pick.table()
+
+
+def test_smallest_keeping_needs_every_k_and_the_blend():
+    from deep_retrieval.tuning import smallest_keeping
+
+    rows = [{"B": 5, "ratio": {10: 0.995, 50: 0.97}},  # @50 short
+            {"B": 10, "ratio": {10: 0.999, 50: 0.991}, "ratio_blend": {10: 0.98, 50: 1.0}},  # the blend short
+            {"B": 20, "ratio": {10: 0.990, 50: 0.993}, "ratio_blend": {10: 0.99, 50: 0.995}},
+            {"B": 40, "ratio": {10: 1.0, 50: 1.0}}]
+    assert smallest_keeping(rows, 0.99) == 20
+    assert smallest_keeping(rows, 0.97) == 5
+    assert smallest_keeping(rows, 0.98) == 10
+    assert smallest_keeping(rows[::-1], 0.99) == 20  # the smallest B, not the first row
+    assert smallest_keeping(rows, 1.0) == 40
+    assert smallest_keeping(rows[:3], 1.0) is None
+
+
+def test_pick_beam_scores_a_blend_as_it_serves(beam_models, beam_data):
+    from deep_retrieval.blend import Blend, LogMean
+    from deep_retrieval.model import DeepRetrieval
+    from deep_retrieval.tuning import _AtBeam, pick_beam
+    from tests.test_model import quiet
+    from tests.test_model_blend import blended_config
+
+    m = DeepRetrieval(blended_config(weights=(4.0,), eps=(0.3,))).fit(beam_data, log=quiet)
+    pick = pick_beam([m], beam_data, [1, 9], [5], target=0.99, latency_users=0)
+    blend = m.as_recommenders()["blend"]
+    assert isinstance(blend, Blend) and isinstance(blend.parts[1], LogMean)
+    assert pick.exact["blend"][5] == pytest.approx(_val_recall(blend, beam_data, 5))
+    for row in pick.rows:
+        served = _val_recall(_AtBeam(m, row["B"], blend=True), beam_data, 5)
+        assert row["recall_blend"][5] == pytest.approx(served)
+        assert row["ratio_blend"][5] == pytest.approx(served / pick.exact["blend"][5])
+    assert pick.rows[-1]["ratio_blend"][5] == pytest.approx(1.0)  # B = K^D: the blend over all items
+    assert "+blend R@5 /blend" in pick.table()
+    with pytest.raises(DRError, match="all carry a blend, or none"):
+        pick_beam([m, beam_models[0]], beam_data, [1], [5])
+
+
+def test_pick_beam_refuses_bad_requests(beam_models, beam_data):
+    from deep_retrieval.tuning import pick_beam
+
+    for kwargs, msg in [
+        ({"models": []}, "at least one model"),
+        ({"beams": [0, 2]}, "beams must be integers >= 1"),
+        ({"ks": []}, "ks must be"),
+        ({"target": 0.0}, "target must be in"),
+        ({"target": 1.5}, "target must be in"),
+        ({"dataset": synthetic_dataset(seed=4, n_items=beam_data.n_items + 5)}, "not the data set's"),
+    ]:
+        args = {"models": beam_models, "dataset": beam_data, "beams": [1, 2], "ks": [5], **kwargs}
+        with pytest.raises(DRError, match=msg):
+            pick_beam(**args)

@@ -413,6 +413,66 @@ def tune(data, config, overrides, trials, metric, out, space_file, timeout_minut
              exclude_history=exclude_history, force=force, inputs=inputs, log=tqdm.write)
 
 
+# ---------------------------------------------------------------------------- beam
+@cli.command("beam")
+@click.argument("data")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--beams", default="5,10,15,20,30,50,100", show_default=True, help="The beam sizes B to try.")
+@click.option("--k", "ks", default="10", show_default=True, help="Cut-offs M, e.g. 10,50.")
+@click.option("--target", type=click.FloatRange(0, 1, min_open=True), default=0.99, show_default=True,
+              help="The share of the brute-force recall to keep at every k.")
+@click.option("--exclude-history", is_flag=True, help="Score with the users' history items excluded.")
+@click.option("--json", "json_out", default=None, help="Write the table as JSON here (a file path).")
+@click.option("--out", default=None,
+              help="With one MODEL: write a copy of it that serves at the picked B (a blend is re-picked "
+                   "at that B, as `dr blend` does; may be MODEL itself with --force).")
+@_force_option("model or results JSON")
+def beam(data, models, beams, ks, target, exclude_history, json_out, out, force) -> None:
+    """Pick the serving beam B of trained DR MODELS on DATA's validation users; never reads test users.
+
+    For every B of --beams, DR's recall@k (its own reranker ranking the candidates on the B
+    paths) is set against the same reranker over every item; a model that carries a blend is
+    also scored as it serves, against the blend over all items. Several MODELS (training seeds
+    on the same DATA) are pooled: mean recall over mean recall. The pick is the smallest B whose
+    every ratio reaches --target; items scored and latency per user show its cost.
+    """
+    from dataclasses import asdict
+
+    from .artifacts import atomic_write_json
+    from .data.dataset import Dataset
+    from .model import DeepRetrieval
+    from .tuning import pick_beam
+
+    beams_ = _ints(beams, "--beams", minimum=1)
+    ks_ = _ints(ks, "--k", minimum=1)
+    if out is not None and len(models) != 1:
+        raise InvalidInputError(f"--out writes one model: give one MODEL, not {len(models)}")
+    if json_out:
+        _check_out(json_out, "results-json", force, [data, *models])
+    if out is not None:
+        _check_out(out, "model", force, [data])
+    ds = Dataset.load(data)
+    loaded = [DeepRetrieval.load(m) for m in models]
+    pick = pick_beam(loaded, ds, beams_, ks_, target, exclude_history)
+    click.echo(f"{len(models)} model(s), {len(ds.val)} validation users, exclude_history="
+               f"{str(exclude_history).lower()}")
+    click.echo(pick.table())
+    if json_out:
+        atomic_write_json(json_out, {"dataset": str(data), "models": list(models), "split": "val",
+                                     "exclude_history": exclude_history, **asdict(pick)})
+        click.echo(f"wrote {json_out}")
+    if out is not None:
+        if pick.B is None:
+            raise InvalidInputError(f"no B of --beams keeps {target} of the brute-force recall: nothing "
+                                    f"written to {out}; try larger --beams")
+        model = loaded[0]
+        model.config.beam.B = pick.B
+        if model.blend is not None:  # its w was picked at the old B: pick it again at the new one
+            model.fit_blend(ds, log=click.echo)
+        model.save(out)
+        click.echo(f"saved model serving at B = {pick.B} to {out}")
+
+
 # ---------------------------------------------------------------------------- evaluate
 @cli.command()
 @click.argument("data")

@@ -6,6 +6,11 @@
 Every combination of the grid is fitted on ``dataset.train`` and evaluated with
 ``evaluate(..., split="val")``: ``dataset.test`` is never read. ``GRIDS`` holds the small
 default grids of the baselines (``dr experiment`` and ``benchmarks/tune_baselines.py``).
+
+The serving beam of trained DR models, on the same users (``dr beam``):
+
+    pick = pick_beam([model], dataset, beams=[5, 10, 20, 50], ks=[10, 50], target=0.99)
+    pick.B, pick.rows   # the smallest B keeping 0.99 of brute force at every k; one row per B
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import numpy as np
 
 from .data.dataset import Dataset
 from .errors import DRError
@@ -82,3 +89,139 @@ def tune(
         log(f"  {params}: {metric}@{k} {value:.4f} ({table[-1]['seconds']:.1f} s)")
     best = max(range(len(table)), key=lambda i: (table[i][metric], -i))
     return TuneResult({p: table[best][p] for p in grid}, table, f"{metric}@{k}", kept)
+
+
+@dataclass
+class BeamPick:
+    """``pick_beam``'s answer. ``rows``: one per B tried, ascending, each ``{"B", "recall": {k: DR's},
+    "ratio": {k: DR / its brute force}, "items_scored", "latency_ms_batch1", "latency_ms_batched"}``
+    plus ``"recall_blend"`` and ``"ratio_blend"`` (DR + blend against the blend over all items)
+    when the models carry a blend; every value the mean over the models. ``exact``: the
+    brute-force recalls ``{"brute-force": {k: ...}, "blend": {k: ...}}``. ``B``: the smallest B
+    whose every ratio is >= ``target``, None when no B tried reaches it."""
+
+    rows: list[dict]
+    exact: dict
+    target: float
+    B: int | None
+
+    def table(self) -> str:
+        """The rows as text (recall in percent, each ratio after its recall), the brute-force
+        recalls and the pick."""
+        blended = "ratio_blend" in self.rows[0]
+        ks = list(self.rows[0]["ratio"])
+        head = ["   B"] + [f"R@{k} /bf" for k in ks] + [f"+blend R@{k} /blend" for k in ks if blended]
+        lines = ["  ".join(head + ["items scored", "ms b1", "ms batched"])]
+        for r in self.rows:
+            cells = [f"{r['B']:4d}"] + [f"{100 * r['recall'][k]:.2f} {r['ratio'][k]:.3f}" for k in ks]
+            if blended:
+                cells += [f"{100 * r['recall_blend'][k]:.2f} {r['ratio_blend'][k]:.3f}" for k in ks]
+            cells += [f"{r['items_scored']:,.0f}"]
+            cells += [f"{r[key]:.3f}" for key in ("latency_ms_batch1", "latency_ms_batched")]
+            lines.append("  ".join(cells))
+        for name, rec in self.exact.items():
+            recall = ", ".join(f"R@{k} {100 * v:.2f}" for k, v in rec.items())
+            lines.append(f"{name} over all items: {recall}")
+        if self.B is None:
+            lines.append(f"no B tried keeps {self.target} of the brute-force recall at every k")
+        else:
+            lines.append(f"pick: B = {self.B}, the smallest B keeping >= {self.target} at every k")
+        return "\n".join(lines)
+
+
+class _AtBeam:
+    """A DeepRetrieval answering at beam B, by its own reranker (``blend=False``) or as it serves."""
+
+    def __init__(self, model, B: int, blend: bool):
+        self.model, self.B, self.blend = model, B, blend
+        self.last_items_scored = None
+
+    def recommend(self, histories, k: int, exclude_history: bool = False):
+        out = self.model.recommend(histories, k, exclude_history, B=self.B, blend=self.blend)
+        self.last_items_scored = self.model.last_items_scored
+        return out
+
+
+def pick_beam(
+    models: list, dataset: Dataset, beams: list[int], ks: list[int], target: float = 0.99,
+    exclude_history: bool = False, latency_users: int = 50,
+) -> BeamPick:
+    """The smallest beam B at which trained DR models keep ``target`` of their brute-force recall.
+
+    For every B in ``beams`` and k in ``ks``, each model's recall@k on the validation users at
+    beam B (its own reranker ranking the candidates) is set against the same reranker over
+    every item; a model that carries a blend is also scored as it serves (DR + blend against
+    the blend over all items). Several models (e.g. training seeds on one data set) are
+    pooled: a ratio is the mean DR recall over the mean brute-force recall. ``dataset.test``
+    is never read. Latencies are medians over ``latency_users`` single-user calls (0: none).
+    """
+    if not models:
+        raise DRError("pick_beam needs at least one model")
+    if not beams or min(beams) < 1:
+        raise DRError(f"beams must be integers >= 1, got {beams}")
+    if not ks or min(ks) < 1:
+        raise DRError(f"ks must be integers >= 1, got {ks}")
+    if not 0 < target <= 1:
+        raise DRError(f"target must be in (0, 1], got {target}")
+    for m in models:
+        same = m.item_ids is None or np.array_equal(np.asarray(dataset.item_ids), m.item_ids)
+        if m.n_items != dataset.n_items or not same:
+            raise DRError(f"a model's {m.n_items:,} items are not the data set's {dataset.n_items:,}: "
+                          "pick the beam on the data the model was trained on")
+    blended = [m.blend_scorer is not None for m in models]
+    if any(blended) and not all(blended):
+        raise DRError("pick_beam: pool models that all carry a blend, or none")
+    ks = sorted(set(ks))
+
+    def run(methods: dict) -> list[dict]:
+        return evaluate(dataset, methods, ks, split="val", exclude_history=exclude_history,
+                        latency_users=latency_users)["results"]
+
+    def recalls(results: list[dict], method: str) -> dict[int, float]:
+        return {r["k"]: r["recall"] for r in results if r["method"] == method}
+
+    def mean(per_model: list[dict[int, float]]) -> dict[int, float]:
+        return {k: float(sum(d[k] for d in per_model) / len(per_model)) for k in ks}
+
+    exact_rows = []
+    for m in models:
+        recs = m.as_recommenders()
+        exact = {"brute-force": recs["brute-force"]}
+        if all(blended):
+            exact["blend"] = recs["blend"]
+        exact_rows.append(run(exact))
+    exact = {"brute-force": mean([recalls(r, "brute-force") for r in exact_rows])}
+    if all(blended):
+        exact["blend"] = mean([recalls(r, "blend") for r in exact_rows])
+
+    rows = []
+    for B in sorted(set(beams)):
+        per = []
+        for m in models:
+            methods = {"dr": _AtBeam(m, B, blend=False)}
+            if all(blended):
+                methods["dr+blend"] = _AtBeam(m, B, blend=True)
+            per.append(run(methods))
+        row = {"B": B, "recall": mean([recalls(r, "dr") for r in per])}
+        row["ratio"] = {k: _ratio(row["recall"][k], exact["brute-force"][k]) for k in ks}
+        if all(blended):
+            row["recall_blend"] = mean([recalls(r, "dr+blend") for r in per])
+            row["ratio_blend"] = {k: _ratio(row["recall_blend"][k], exact["blend"][k]) for k in ks}
+        dr_rows = [x for r in per for x in r if x["method"] == "dr"]
+        for key in ("items_scored_per_user", "latency_ms_batch1", "latency_ms_batched"):
+            row[key.replace("_per_user", "")] = float(sum(x[key] for x in dr_rows) / len(dr_rows))
+        rows.append(row)
+    return BeamPick(rows, exact, target, smallest_keeping(rows, target))
+
+
+def smallest_keeping(rows: list[dict], target: float) -> int | None:
+    """The smallest ``row["B"]`` whose every ratio (``"ratio"`` and, if present, ``"ratio_blend"``,
+    each {k: value}) is >= target; None when no row has them all."""
+    ok = [r["B"] for r in rows
+          if min(r["ratio"].values()) >= target and min(r.get("ratio_blend", {0: 1.0}).values()) >= target]
+    return min(ok) if ok else None
+
+
+def _ratio(a: float, b: float) -> float:
+    """a / b, and 1 when both are 0 (no user has a hit either way)."""
+    return 1.0 if a == b == 0 else (a / b if b > 0 else float("inf"))
