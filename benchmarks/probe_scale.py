@@ -2,7 +2,7 @@
 DR against the exact top-200 of its own reranker at several B, batched (512 test users).
 
     python benchmarks/probe_scale.py --V 1.5e6 --train-examples 4000000 [--msteps 3]
-        [--eta 0.999] [--out benchmarks/out/scale_probe.json]
+        [--em-S 10] [--eta 0.999] [--beams 10,25,50,100,200,400] [--out benchmarks/out/scale_probe.json]
 
 Also reports how spread the exact top-200 lists are over users (distinct items, share in the
 200 most common): with little training the reranker is mostly popularity and recall is easy.
@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--msteps", type=int, default=3)
     ap.add_argument("--em-S", type=int, default=10)
     ap.add_argument("--eta", type=float, default=None, help="streaming decay (default: the config's)")
+    ap.add_argument("--beams", default="10,25,50,100,200,400", help="the B measured, comma-separated")
     ap.add_argument("--out", default=str(bs.OUT / "scale_probe.json"))
     a = ap.parse_args()
     args = argparse.Namespace(users=300_000, interactions=10_000_000, val_users=0, queries=1000,
@@ -65,7 +66,7 @@ def main() -> None:
                                   "share_in_200_most_common": float(common)}
     r = Retriever.from_model(m)
     res["dr"] = []
-    for B in (10, 25, 50, 100, 200, 400):
+    for B in [int(b) for b in a.beams.split(",")]:
         t0 = time.perf_counter()
         found, _, n_cand = r.search(U, U, bs.TOPK, B)
         res["dr"].append({"B": B, "recall_at_200": bs.recall(found, truth),
