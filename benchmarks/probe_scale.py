@@ -3,6 +3,10 @@ DR against the exact top-200 of its own reranker at several B, batched (512 test
 
     python benchmarks/probe_scale.py --V 1.5e6 --train-examples 4000000 [--msteps 3]
         [--em-S 10] [--eta 0.999] [--beams 10,25,50,100,200,400] [--out benchmarks/out/scale_probe.json]
+        [--save MODEL_DIR | --load MODEL_DIR]
+
+``--save`` keeps the trained model; ``--load`` measures a saved one again (the same seeded data
+is generated, training is skipped), e.g. for quiet batch-1 latencies after a loaded run.
 
 Also reports how spread the exact top-200 lists are over users (distinct items, share in the
 200 most common): with little training the reranker is mostly popularity and recall is easy.
@@ -19,6 +23,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import sys  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -26,7 +31,9 @@ import bench_scale as bs  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from deep_retrieval.artifacts import check_output  # noqa: E402
 from deep_retrieval.data.synth import generate  # noqa: E402
+from deep_retrieval.errors import DRError  # noqa: E402
 from deep_retrieval.fast import Retriever  # noqa: E402
 from deep_retrieval.model import DeepRetrieval  # noqa: E402
 
@@ -40,7 +47,15 @@ def main() -> None:
     ap.add_argument("--eta", type=float, default=None, help="streaming decay (default: the config's)")
     ap.add_argument("--beams", default="10,25,50,100,200,400", help="the B measured, comma-separated")
     ap.add_argument("--out", default=str(bs.OUT / "scale_probe.json"))
+    ap.add_argument("--save", default=None, help="write the trained model here")
+    ap.add_argument("--load", default=None, help="measure this saved model instead of training one")
     a = ap.parse_args()
+    if a.save:
+        try:  # before any work: never over something else
+            check_output(a.save, "model", replace=False)
+        except DRError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
     args = argparse.Namespace(users=300_000, interactions=10_000_000, val_users=0, queries=1000,
                               em_S=a.em_S, msteps=a.msteps, epochs_joint=1, epochs_dr=0,
                               train_examples=a.train_examples)
@@ -50,9 +65,15 @@ def main() -> None:
     if a.eta is not None:
         cfg.em.eta = a.eta
     t0 = time.perf_counter()
-    m = DeepRetrieval(cfg).fit(ds, log=lambda s: print(" ", s, flush=True))
-    res: dict = {"V": V, "train_s": time.perf_counter() - t0, "config": cfg.to_dict(),
-                 "paths": m.log[-1]["paths"]}
+    if a.load:
+        m = DeepRetrieval.load(a.load)
+        cfg = m.config
+    else:
+        m = DeepRetrieval(cfg).fit(ds, log=lambda s: print(" ", s, flush=True))
+        if a.save:
+            m.save(a.save)
+    res: dict = {"V": V, "train_s": None if a.load else time.perf_counter() - t0, "loaded": a.load,
+                 "config": cfg.to_dict(), "paths": m.log[-1]["paths"]}
     torch.set_num_threads(1)
     U = m.user_embeddings(ds.test.hist, "rr")[:512]
     E = m.net.reranker.item_emb.weight.detach().numpy()
