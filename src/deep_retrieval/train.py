@@ -252,9 +252,10 @@ def m_step(state: TrainState, ex: Examples, idx: np.ndarray, N_v: np.ndarray, di
     tables = net.structure.prefix_tables()
     width = min(E.S, S.K**S.D)
     parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # (targets, flat paths, probs)
+    pending = 0  # (example, path) entries in ``parts``
     new = None
 
-    def flush(new):  # sum the parts into one table, added to ``new``
+    def flush(acc):  # sum the parts into one table, added to ``acc`` (None: the first)
         if not parts:  # an empty window: an empty table
             parts.append((np.zeros(0, dtype=np.int64), np.zeros((0, width), dtype=np.int64),
                           np.zeros((0, width), dtype=np.float32)))
@@ -265,7 +266,7 @@ def m_step(state: TrainState, ex: Examples, idx: np.ndarray, N_v: np.ndarray, di
             dist.all_gather_object(gathered, (targets, flat, probs))
             targets, flat, probs = (np.concatenate(x) for x in zip(*gathered, strict=True))
         table = collect_scores(targets, flat, probs, V, E.S)
-        return table if new is None else merge_sum(new, table, E.S)
+        return table if acc is None else merge_sum(acc, table, E.S)
 
     step = SCORE_BATCH if state.device.type == "cpu" else SCORE_BATCH_GPU
     for lo in range(0, len(idx), step):
@@ -279,8 +280,9 @@ def m_step(state: TrainState, ex: Examples, idx: np.ndarray, N_v: np.ndarray, di
             r, j = np.nonzero(top >= 0)
             rows, items = np.concatenate([rows, r]), np.concatenate([items, top[r, j]])
         parts.append((items, to_flat(paths, S.K).cpu().numpy()[rows], logp.exp().float().cpu().numpy()[rows]))
-        if world == 1 and sum(len(p[0]) for p in parts) * width > MAX_ENTRIES:
-            new = flush(new)
+        pending += len(items) * width
+        if world == 1 and pending > MAX_ENTRIES:
+            new, pending = flush(new), 0
     if parts or new is None:
         new = flush(new)
     if world > 1:  # N_v over every rank's examples
