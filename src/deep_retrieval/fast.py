@@ -19,9 +19,14 @@ the histories, as ``recommend(exclude_history=True)`` does), ``exclude`` removes
 every user, ``allow`` keeps only the items it lists.
 
 A Retriever is safe to share between threads: ``search`` writes only to arrays it
-allocates, except one (V,) scratch array per thread (``candidates`` at batch 1).
+allocates, except one (V,) scratch array per thread (at batch 1).
 
-Why numpy: at batch 1 the work is a few (1, e) x (e, H) and (b, H) x (H, K) products and
+One user at a time (``search`` with n = 1: a server's request, ``recommend`` of one history)
+goes through the compiled kernels of ``single.py`` instead of the numpy code below: the same
+algorithm and results (up to float rounding and the order of exactly tied scores), without
+numpy's per-call overhead, which dominates at batch 1.
+
+Why numpy for batches: at batch 1 the work is a few (1, e) x (e, H) and (b, H) x (H, K) products and
 top-B selections over 5,000 scores; torch spends more in per-op dispatch than in
 arithmetic there, numpy's small matmuls and ``argpartition`` do not.
 """
@@ -38,7 +43,11 @@ from .artifacts import atomic_dir, read_json
 from .data.dataset import Ragged, as_ragged, unique_sorted
 from .errors import DRError
 from .recommender import pairs_in_history
+from .single import beam_one, candidates_one, rerank_one
 from .structure import to_flat
+
+_NO_ITEMS = np.zeros(0, dtype=np.int64)
+_NO_TERMS = np.zeros(0, dtype=np.float32)
 
 
 def _add_log_softmax(x: np.ndarray, base: np.ndarray) -> np.ndarray:
@@ -93,16 +102,19 @@ class Retriever:
         item_emb: np.ndarray,
     ):
         self.K, self.D = K, D
-        self.w_user = w_user  # (e, D*H): columns d*H:(d+1)*H are layer d's user share
-        self.b_user = b_user  # (D*H,) the first Linears' biases
+        # (e, D*H): columns d*H:(d+1)*H are layer d's user share
+        self.w_user = np.ascontiguousarray(w_user, dtype=np.float32)
+        self.b_user = np.ascontiguousarray(b_user, dtype=np.float32)  # (D*H,) the first Linears' biases
         self.tables = tables  # D x (d*K, H): row i*K + c = node c of layer i's share in layer d
         self.rest = rest  # D x [(W^T (in, out), b (out,)), ...]: ReLU before each, last out = K
         self.path_ids = path_ids  # (P,) int64 sorted non-empty flat path ids
         self.indptr = indptr  # (P+1,) int64
         self.items = items  # (nnz,) int64 items of path p: items[indptr[p]:indptr[p+1]]
         self.item_emb = item_emb  # (V, e) float32 reranker output embeddings
-        self._local = threading.local()  # .stamp: (V,) per-thread scratch of candidates()
+        self._local = threading.local()  # .stamp, .mark: (V,) per-thread scratch arrays
         self.H = b_user.shape[0] // D
+        self._tables_stacked, self._mlp = self._kernel_arrays()  # as single.py's kernels take them
+        self.batch1_kernels = True  # one user through single.py; False: the numpy path (to compare)
 
     def __getstate__(self) -> dict:  # copy / pickle: the per-thread scratch stays behind
         return {k: v for k, v in self.__dict__.items() if k != "_local"}
@@ -318,6 +330,8 @@ class Retriever:
     def _search(self, u_str, u_rr, k: int, B: int, drop: Ragged | None, exclude, allow, extra=None,
                 users: np.ndarray | None = None):
         n = u_rr.shape[0]
+        if n == 1 and self.batch1_kernels:
+            return self._search_one(u_str[0], u_rr[0], k, B, drop, exclude, allow, extra, users)
         paths, _ = self.beam(u_str, B)  # (n, B', D)
         items, row, lengths = self.candidates(to_flat(paths, self.K))  # (total,), (total,), (n,)
         if drop is not None or exclude is not None or allow is not None:
@@ -361,6 +375,54 @@ class Retriever:
         ids[:, :kk] = np.where(ok, cand[rows, top], -1)
         scores[:, :kk] = np.where(ok, top_s, -np.inf)
         return ids, scores, lengths
+
+    def _search_one(self, u_str, u_rr, k: int, B: int, drop: Ragged | None, exclude, allow, extra,
+                    users) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``_search`` of one user (u_str, u_rr (e,)) through ``single.py``'s kernels."""
+        if B < 1:
+            raise ValueError(f"beam size must be >= 1, got {B}")
+        flat, _ = beam_one(u_str, B, self.K, self.D, self.w_user, self.b_user, self._tables_stacked,
+                           self._mlp)  # (B',) flat path ids
+        mark = getattr(self._local, "mark", None)
+        if mark is None:
+            mark = self._local.mark = np.zeros(len(self.item_emb), dtype=np.bool_)  # (V,)
+        cands = candidates_one(
+            flat, self.path_ids, self.indptr, self.items, mark,
+            _NO_ITEMS if drop is None else unique_sorted(drop.values),
+            _NO_ITEMS if exclude is None else exclude, _NO_ITEMS if allow is None else allow,
+            allow is not None,
+        )  # (m,)
+        add = _NO_TERMS
+        if extra is not None and len(cands):
+            add = np.asarray(extra(users, Ragged.from_lengths(cands, np.array([len(cands)]))),
+                             dtype=np.float32)  # (m,)
+        top, top_s = rerank_one(cands, self._kernel_emb, u_rr, add, extra is not None, k)  # (k',)
+        ok = np.isfinite(top_s)
+        ids = np.full((1, k), -1, dtype=np.int64)
+        scores = np.full((1, k), -np.inf, dtype=np.float32)
+        ids[0, : len(top)] = np.where(ok, top, -1)
+        scores[0, : len(top)] = np.where(ok, top_s, -np.inf)
+        return ids, scores, np.array([len(cands)], dtype=np.int64)
+
+    def _kernel_arrays(self) -> tuple[np.ndarray, tuple]:
+        """The arrays as ``single.beam_one`` takes them: the prefix tables of layers 1..D-1
+        stacked (rows, H), and the Linears after the first flattened (``single._head``)."""
+        L = len(self.rest[0]) if self.rest else 0
+        if any(len(r) != L for r in self.rest):
+            raise DRError("retriever: every layer's MLP must have the same number of Linears")
+        linears = [lin for r in self.rest for lin in r]  # layer d's j-th at d*L + j
+        shape = np.array([W.shape for W, _ in linears], dtype=np.int64).reshape(-1, 2)  # (D*L, 2)
+        sizes = shape[:, 0] * shape[:, 1]
+        mlp = (np.concatenate([np.zeros(0), *(W.reshape(-1) for W, _ in linears)]).astype(np.float32),
+               np.concatenate([np.zeros(0), *(b for _, b in linears)]).astype(np.float32), shape,
+               np.cumsum(sizes) - sizes, np.cumsum(shape[:, 1]) - shape[:, 1], L)
+        tables = np.concatenate([np.zeros((0, self.H)), *self.tables[1:]]).astype(np.float32)
+        return np.ascontiguousarray(tables), mlp
+
+    @property
+    def _kernel_emb(self) -> np.ndarray:
+        """The item embeddings as a plain ndarray (a memory map's view, no copy)."""
+        return np.asarray(self.item_emb)
 
     def _scores(self, items: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Inner products of one user u (e,) with the given items (m,) -> (m,) float32.
