@@ -119,3 +119,13 @@ def test_one_user_equals_the_numpy_path_on_a_trained_model():
             got = fast.search(*args, drop=[hist[u]])
             assert got[2][0] == want[2][0]
             same_up_to_ties(got[0], got[1], want[0], want[1])
+
+
+def test_drop_may_repeat_items_and_come_unsorted():
+    r, rng = random_retriever(4, 3, (8,))
+    U = rng.standard_normal((1, 8)).astype(np.float32)
+    drop = rng.choice(60, size=12, replace=False)
+    want = r.search(U, U, 20, 64, drop=[np.sort(drop)])
+    got = r.search(U, U, 20, 64, drop=[np.concatenate([drop[::-1], drop[:5]])])
+    np.testing.assert_array_equal(got[0], want[0])
+    assert got[2][0] == want[2][0] and not r._local.mark.any()

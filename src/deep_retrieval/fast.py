@@ -388,7 +388,7 @@ class Retriever:
             mark = self._local.mark = np.zeros(len(self.item_emb), dtype=np.bool_)  # (V,)
         cands = candidates_one(
             flat, self.path_ids, self.indptr, self.items, mark,
-            _NO_ITEMS if drop is None else unique_sorted(drop.values),
+            _NO_ITEMS if drop is None else np.asarray(drop.values, dtype=np.int64),
             _NO_ITEMS if exclude is None else exclude, _NO_ITEMS if allow is None else allow,
             allow is not None,
         )  # (m,)

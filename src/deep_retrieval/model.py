@@ -388,7 +388,8 @@ class DeepRetrieval(Recommender):
         parts = []
         for lo in range(0, n, batch_size):
             rows = np.arange(lo, min(lo + batch_size, n))
-            part = hist.take(rows)
+            whole = len(rows) == n  # one block: no copies of the histories (batch 1's cost)
+            part = hist if whole else hist.take(rows)
             h, lens = self._padded(part, np.arange(len(rows)))
             u_str, u_rr = self.net.encode(h, lens)  # (b, e) each
             u_rr = self.net.reranker.user(u_rr)  # as the reranker scores it (cosine: unit)
@@ -396,7 +397,7 @@ class DeepRetrieval(Recommender):
             def extra(users, cands, part=part):  # the blend's w * LogMean(scorer) per candidate
                 return w * lm.score_items(part.take(users), cands).values
 
-            mine = None if drop is None else drop.take(rows)
+            mine = None if drop is None else drop if whole else drop.take(rows)
             parts.append(r.search(u_str.numpy(), u_rr.numpy(), k, B, drop=mine, exclude=exclude,
                                   allow=allow, extra=None if lm is None else extra))
         if not parts:

@@ -30,8 +30,12 @@ DENSE_RERANK = 8  # rerank a block of >= 16 users by one (users, V) matmul when 
 DENSE_MIN_USERS = 16  # candidate rows hold >= V / 8 items (fewer users: gathering is cheaper)
 
 
-def net_device(net: torch.nn.Module) -> torch.device:
-    return next(net.parameters()).device
+def net_device(net: DRNet) -> torch.device:
+    """Where a DRNet's weights are (all on one device): its reranker's item table's device.
+
+    Not ``next(net.parameters())``: walking the modules costs ~30 us, a tenth of a batch-1 query.
+    """
+    return net.reranker.item_emb.weight.device
 
 
 def padded(hist: Ragged, cfg: Config, rows: np.ndarray, device) -> tuple[Tensor, Tensor]:

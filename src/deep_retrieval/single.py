@@ -9,8 +9,9 @@ hundred numbers); here the whole search is a few calls.
 - ``beam_one``: the top ``B`` paths of one user by cumulative log-probability, as flat ids,
   best first (``fast.Retriever.beam``'s order).
 - ``candidates_one``: the distinct items on those paths, in order of first appearance,
-  minus ``drop`` (the user's own items to skip) and ``exclude``, kept to ``allow`` when given.
-  ``mark`` is a (V,) bool scratch array, all False on entry and again on return.
+  minus ``drop`` (the user's own items to skip, in any order) and ``exclude``, kept to
+  ``allow`` when given. ``mark`` is a (V,) bool scratch array, all False on entry and again
+  on return.
 - ``rerank_one``: inner product of each candidate's embedding with the user's, plus an
   optional per-candidate term, then the top k, best first.
 
@@ -175,10 +176,15 @@ def _in_sorted(sorted_set, x):
 def candidates_one(flat, path_ids, indptr, items, mark, drop, exclude, allow, use_allow):
     """Distinct items on the paths ``flat`` (B,) after the filters -> (m,) int64.
 
-    ``drop``, ``exclude`` and ``allow`` sorted distinct item ids; ``allow`` applies only when
-    ``use_allow``. ``mark`` (V,) bool, all False on entry, is all False again on return.
+    ``drop`` item ids in any order (repeats and ids outside [0, V) are harmless); ``exclude``
+    and ``allow`` sorted distinct item ids, ``allow`` applied only when ``use_allow``. ``mark``
+    (V,) bool scratch, all False on entry and again on return: the dropped items are marked
+    first, so that the gather skips them as it skips an item already taken.
     """
-    P = path_ids.shape[0]
+    P, V = path_ids.shape[0], mark.shape[0]
+    for v in drop:
+        if 0 <= v < V:
+            mark[v] = True
     start = np.empty(flat.shape[0], dtype=np.int64)
     stop = np.empty(flat.shape[0], dtype=np.int64)
     total = 0
@@ -198,11 +204,14 @@ def candidates_one(flat, path_ids, indptr, items, mark, drop, exclude, allow, us
                 mark[v] = True
                 out[c] = v
                 c += 1
+    for v in drop:
+        if 0 <= v < V:
+            mark[v] = False
     m = 0
     for i in range(c):
         v = out[i]
         mark[v] = False
-        if _in_sorted(drop, v) or _in_sorted(exclude, v) or (use_allow and not _in_sorted(allow, v)):
+        if _in_sorted(exclude, v) or (use_allow and not _in_sorted(allow, v)):
             continue
         out[m] = v
         m += 1
