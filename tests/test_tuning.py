@@ -167,6 +167,11 @@ def test_pick_beam_scores_a_blend_as_it_serves(beam_models, beam_data):
         assert row["ratio_blend"][5] == pytest.approx(served / pick.exact["blend"][5])
     assert pick.rows[-1]["ratio_blend"][5] == pytest.approx(1.0)  # B = K^D: the blend over all items
     assert "+blend R@5 /blend" in pick.table()
+    timed = pick_beam([m], beam_data, [2], [5], target=0.99, latency_users=3)
+    row = timed.rows[0]  # DR + blend timed as it serves, apart from DR alone (not a copy of it)
+    assert row["latency_ms_batch1_blend"] > 0 and row["latency_ms_batched_blend"] > 0
+    assert row["latency_ms_batch1_blend"] != row["latency_ms_batch1"]
+    assert "ms b1 +blend" in timed.table() and f"{row['latency_ms_batch1_blend']:.3f}" in timed.table()
     with pytest.raises(DRError, match="all carry a blend, or none"):
         pick_beam([m, beam_models[0]], beam_data, [1], [5])
 

@@ -434,7 +434,8 @@ def beam(data, models, beams, ks, target, exclude_history, json_out, out, force)
     paths) is set against the same reranker over every item; a model that carries a blend is
     also scored as it serves, against the blend over all items. Several MODELS (training seeds
     on the same DATA) are pooled: mean recall over mean recall. The pick is the smallest B whose
-    every ratio reaches --target; items scored and latency per user show its cost.
+    every ratio reaches --target; items scored and latency per user (of DR, and of DR + blend
+    for a model with a blend) show its cost.
     """
     from dataclasses import asdict
 

@@ -95,8 +95,9 @@ def tune(
 class BeamPick:
     """``pick_beam``'s answer. ``rows``: one per B tried, ascending, each ``{"B", "recall": {k: DR's},
     "ratio": {k: DR / its brute force}, "items_scored", "latency_ms_batch1", "latency_ms_batched"}``
-    plus ``"recall_blend"`` and ``"ratio_blend"`` (DR + blend against the blend over all items)
-    when the models carry a blend; every value the mean over the models. ``exact``: the
+    plus ``"recall_blend"``, ``"ratio_blend"`` (DR + blend against the blend over all items) and
+    ``"latency_ms_batch1_blend"``, ``"latency_ms_batched_blend"`` (DR + blend, as it serves) when
+    the models carry a blend; every value the mean over the models. ``exact``: the
     brute-force recalls ``{"brute-force": {k: ...}, "blend": {k: ...}}``. ``B``: the smallest B
     whose every ratio is >= ``target``, None when no B tried reaches it."""
 
@@ -111,13 +112,16 @@ class BeamPick:
         blended = "ratio_blend" in self.rows[0]
         ks = list(self.rows[0]["ratio"])
         head = ["   B"] + [f"R@{k} /bf" for k in ks] + [f"+blend R@{k} /blend" for k in ks if blended]
-        lines = ["  ".join(head + ["items scored", "ms b1", "ms batched"])]
+        lat = ["latency_ms_batch1", "latency_ms_batched"]
+        lat += [f"{x}_blend" for x in lat if blended]
+        lines = ["  ".join(head + ["items scored", "ms b1", "ms batched"]
+                           + (["ms b1 +blend", "ms batched +blend"] if blended else []))]
         for r in self.rows:
             cells = [f"{r['B']:4d}"] + [f"{100 * r['recall'][k]:.2f} {r['ratio'][k]:.3f}" for k in ks]
             if blended:
                 cells += [f"{100 * r['recall_blend'][k]:.2f} {r['ratio_blend'][k]:.3f}" for k in ks]
             cells += [f"{r['items_scored']:,.0f}"]
-            cells += [f"{r[key]:.3f}" for key in ("latency_ms_batch1", "latency_ms_batched")]
+            cells += [f"{r[key]:.3f}" for key in lat]
             lines.append("  ".join(cells))
         for name, rec in self.exact.items():
             recall = ", ".join(f"R@{k} {100 * v:.2f}" for k, v in rec.items())
@@ -210,6 +214,10 @@ def pick_beam(
         dr_rows = [x for r in per for x in r if x["method"] == "dr"]
         for key in ("items_scored_per_user", "latency_ms_batch1", "latency_ms_batched"):
             row[key.replace("_per_user", "")] = float(sum(x[key] for x in dr_rows) / len(dr_rows))
+        if all(blended):  # what serving costs: the blend's term on top of DR's search
+            bl_rows = [x for r in per for x in r if x["method"] == "dr+blend"]
+            for key in ("latency_ms_batch1", "latency_ms_batched"):
+                row[f"{key}_blend"] = float(sum(x[key] for x in bl_rows) / len(bl_rows))
         rows.append(row)
     return BeamPick(rows, exact, target, smallest_keeping(rows, target))
 
