@@ -26,7 +26,7 @@ def test_top_sorted_is_a_stable_descending_sort_cut_at_k(values, k):
     np.testing.assert_array_equal(_top_sorted(x, k), want)
 
 
-def random_retriever(K, D, hidden, V=60, e=8, seed=0, empty_share=0.3):
+def random_retriever(K, D, hidden, V=60, e=8, seed=0, empty_share=0.3, path_major=False):
     """A random structure model and a random J = 2 assignment, some items on no path."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -34,7 +34,7 @@ def random_retriever(K, D, hidden, V=60, e=8, seed=0, empty_share=0.3):
     a = rng.integers(0, K**D, size=(V, 2))
     a[rng.random((V, 2)) < empty_share] = -1
     emb = rng.standard_normal((V, e)).astype(np.float32)
-    return Retriever.from_parts(model, PathIndex(a), emb), rng
+    return Retriever.from_parts(model, PathIndex(a), emb, path_major=path_major), rng
 
 
 SHAPES = [(3, 1, (8,)), (4, 3, ()), (5, 2, (8, 6)), (3, 4, (8,)), (10, 3, (16,))]
@@ -129,3 +129,47 @@ def test_drop_may_repeat_items_and_come_unsorted():
     got = r.search(U, U, 20, 64, drop=[np.concatenate([drop[::-1], drop[:5]])])
     np.testing.assert_array_equal(got[0], want[0])
     assert got[2][0] == want[2][0] and not r._local.mark.any()
+
+
+@pytest.mark.parametrize("K, D, hidden", SHAPES[:3])
+def test_path_major_serves_the_same_answers(K, D, hidden, tmp_path):
+    """With the path-major copy every user goes through the kernels, reading its embeddings by
+    slot: the same answers as the item table's batched numpy path, with every filter and a term."""
+    r, rng = random_retriever(K, D, hidden)
+    pm, _ = random_retriever(K, D, hidden, path_major=True)
+    assert r.slot_emb is None and pm.slot_emb.shape == (len(pm.items), pm.item_emb.shape[1])
+    np.testing.assert_array_equal(pm.slot_emb, pm.item_emb[pm.items])
+    e, V = r.item_emb.shape[1], r.item_emb.shape[0]
+    U = rng.standard_normal((40, e)).astype(np.float32)
+    drop = [rng.choice(V, size=rng.integers(0, 10), replace=False) for _ in range(40)]
+
+    def extra(users, cands):
+        return 0.01 * (cands.values % 7) + 0.1 * np.repeat(users, cands.lengths)
+
+    for B in (1, 7, 200):
+        for kw in [{}, {"drop": drop, "exclude": np.arange(5), "allow": np.arange(3, 50), "extra": extra}]:
+            want = r.search(U, U, 9, B, chunk=16, **kw)
+            got = pm.search(U, U, 9, B, chunk=16, **kw)
+            np.testing.assert_array_equal(got[2], want[2])
+            same_up_to_ties(got[0], got[1], want[0], want[1])
+    pm.save(tmp_path / "r")
+    back = Retriever.load(tmp_path / "r", mmap=True)
+    assert back.slot_emb is not None
+    np.testing.assert_array_equal(back.search(U, U, 9, 7)[0], pm.search(U, U, 9, 7)[0])
+    r.save(tmp_path / "plain")
+    assert Retriever.load(tmp_path / "plain").slot_emb is None
+
+
+def test_a_model_configured_path_major_recommends_the_same():
+    ds = synthetic_dataset(seed=5)
+    cfg = tiny_config(structure__K=4, structure__D=3, beam__B=5, train__epochs_dr=0, train__threads=1)
+    m = DeepRetrieval(cfg).fit(ds, log=quiet)
+    hist = ds.test.hist
+    want = m.recommend(hist, 7, exclude_history=True)
+    m.config.beam.path_major = True
+    m.invalidate()
+    assert m.retriever().slot_emb is not None
+    got = m.recommend(hist, 7, exclude_history=True)
+    same_up_to_ties(got[0], got[1], want[0], want[1])
+    one = m.recommend(hist.take(np.array([0])), 7, exclude_history=True)
+    np.testing.assert_array_equal(one[0][0], got[0][0])

@@ -85,6 +85,11 @@ class EMConfig:
 @dataclass
 class BeamConfig:
     B: int = 25  # beam size at serving time
+    # serve from a path-major copy of the reranker's item embeddings (one row per (path, item)
+    # entry: J x V x e more floats in memory): every user's candidates are then read path by
+    # path from consecutive rows, not gathered row by row from the (V, e) table; pays where that
+    # table is far larger than the CPU cache (10^6 items and more). Same answers.
+    path_major: bool = False
 
 
 @dataclass

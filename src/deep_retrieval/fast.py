@@ -6,7 +6,9 @@
   over the layers, so one (n, e) x (e, D*H) product gives every layer's user share) and
   the per-node prefix tables (``StructureModel.prefix_tables``), then the rest of the MLP;
 - the CSR path -> items index (``PathIndex``: sorted non-empty flat path ids, indptr, items);
-- the reranker's item embedding matrix (V, e) (a view of the torch weights, no copy).
+- the reranker's item embedding matrix (V, e) (a view of the torch weights, no copy), and with
+  ``beam.path_major`` a path-major copy of it (``slot_emb``: row t = the item at position t of
+  the CSR index's ``items``, J x V rows).
 
 ``search(u_str, u_rr, k, B)`` takes precomputed user embeddings (n, e) and returns the
 top-k item ids (n, k) (-1 padded), their scores (n, k) (-inf padded) and the number of
@@ -24,7 +26,10 @@ allocates, except one (V,) scratch array per thread (at batch 1).
 One user at a time (``search`` with n = 1: a server's request, ``recommend`` of one history)
 goes through the compiled kernels of ``single.py`` instead of the numpy code below: the same
 algorithm and results (up to float rounding and the order of exactly tied scores), without
-numpy's per-call overhead, which dominates at batch 1.
+numpy's per-call overhead, which dominates at batch 1. With the path-major copy every user
+goes through them, one at a time, reading its candidates' embeddings from consecutive rows:
+at 10^6 items and more a row-by-row gather from the (V, e) table waits on memory for each
+candidate, and that wait is most of a query (benchmarks/README.md).
 
 Why numpy for batches: at batch 1 the work is a few (1, e) x (e, H) and (b, H) x (H, K) products and
 top-B selections over 5,000 scores; torch spends more in per-op dispatch than in
@@ -100,6 +105,7 @@ class Retriever:
         indptr: np.ndarray,
         items: np.ndarray,
         item_emb: np.ndarray,
+        path_major: bool = False,
     ):
         self.K, self.D = K, D
         # (e, D*H): columns d*H:(d+1)*H are layer d's user share
@@ -111,6 +117,9 @@ class Retriever:
         self.indptr = indptr  # (P+1,) int64
         self.items = items  # (nnz,) int64 items of path p: items[indptr[p]:indptr[p+1]]
         self.item_emb = item_emb  # (V, e) float32 reranker output embeddings
+        # (nnz, e) item_emb[items]: row t is the item at slot t of the path index (path-major),
+        # or None; with it one user's candidates are read path by path from consecutive rows
+        self.slot_emb = np.ascontiguousarray(np.asarray(item_emb)[items]) if path_major else None
         self._local = threading.local()  # .stamp, .mark: (V,) per-thread scratch arrays
         self.H = b_user.shape[0] // D
         self._tables_stacked, self._mlp = self._kernel_arrays()  # as single.py's kernels take them
@@ -132,11 +141,13 @@ class Retriever:
             item_emb = rr.item_embeddings()  # (V, e) a normalised copy
         else:
             item_emb = rr.item_emb.weight.detach().cpu().numpy()  # (V, e) a view, no copy
-        return cls.from_parts(model.net.structure, model._index, item_emb)
+        return cls.from_parts(model.net.structure, model._index, item_emb,
+                              path_major=model.config.beam.path_major)
 
     @classmethod
-    def from_parts(cls, structure, index, item_emb: np.ndarray) -> Retriever:
-        """From a ``StructureModel``, a ``PathIndex`` and the reranker's item embeddings (V, e)."""
+    def from_parts(cls, structure, index, item_emb: np.ndarray, path_major: bool = False) -> Retriever:
+        """From a ``StructureModel``, a ``PathIndex`` and the reranker's item embeddings (V, e);
+        ``path_major`` adds the path-major copy of the embeddings (``beam.path_major``)."""
         import torch
 
         st, e = structure, structure.e
@@ -152,7 +163,7 @@ class Retriever:
         return cls(
             st.K, st.D, np.ascontiguousarray(w_user, dtype=np.float32), b_user.astype(np.float32),
             tables, rest, index.path_ids, index.indptr, index.items,
-            np.asarray(item_emb, dtype=np.float32),
+            np.asarray(item_emb, dtype=np.float32), path_major,
         )
 
     # ------------------------------------------------------------------ persistence
@@ -166,7 +177,8 @@ class Retriever:
         with atomic_dir(path, "retriever") as tmp:
             for name, a in arrays.items():
                 np.save(tmp / f"{name}.npy", a, allow_pickle=False)
-            meta = {"format_version": 1, "K": self.K, "D": self.D, "layers": [len(r) for r in self.rest]}
+            meta = {"format_version": 1, "K": self.K, "D": self.D, "layers": [len(r) for r in self.rest],
+                    "path_major": self.slot_emb is not None}
             (tmp / "meta.json").write_text(json.dumps(meta) + "\n")
 
     @classmethod
@@ -188,7 +200,7 @@ class Retriever:
         rest = [[(arr(f"rest{d}_{j}_w"), arr(f"rest{d}_{j}_b")) for j in range(n)]
                 for d, n in enumerate(meta["layers"])]
         return cls(K, D, arr("w_user"), arr("b_user"), tables, rest, arr("path_ids"), arr("indptr"),
-                   arr("items"), arr("item_emb", "r" if mmap else None))
+                   arr("items"), arr("item_emb", "r" if mmap else None), bool(meta.get("path_major", False)))
 
     def _arrays(self) -> dict[str, np.ndarray]:
         out = {"w_user": self.w_user, "b_user": self.b_user, "path_ids": self.path_ids,
@@ -332,6 +344,12 @@ class Retriever:
         n = u_rr.shape[0]
         if n == 1 and self.batch1_kernels:
             return self._search_one(u_str[0], u_rr[0], k, B, drop, exclude, allow, extra, users)
+        if self.slot_emb is not None and self.batch1_kernels:  # path-major: every user alone
+            users = np.arange(n) if users is None else users
+            parts = [self._search_one(u_str[i], u_rr[i], k, B,
+                                      None if drop is None else drop.take(np.array([i])),
+                                      exclude, allow, extra, users[i : i + 1]) for i in range(n)]
+            return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
         paths, _ = self.beam(u_str, B)  # (n, B', D)
         items, row, lengths = self.candidates(to_flat(paths, self.K))  # (total,), (total,), (n,)
         if drop is not None or exclude is not None or allow is not None:
@@ -386,23 +404,26 @@ class Retriever:
         mark = getattr(self._local, "mark", None)
         if mark is None:
             mark = self._local.mark = np.zeros(len(self.item_emb), dtype=np.bool_)  # (V,)
-        cands = candidates_one(
+        slots = candidates_one(
             flat, self.path_ids, self.indptr, self.items, mark,
             _NO_ITEMS if drop is None else np.asarray(drop.values, dtype=np.int64),
             _NO_ITEMS if exclude is None else exclude, _NO_ITEMS if allow is None else allow,
             allow is not None,
-        )  # (m,)
+        )  # (m,) positions in self.items of the candidates
         add = _NO_TERMS
-        if extra is not None and len(cands):
+        if extra is not None and len(slots):
+            cands = self.items[slots]  # (m,) item ids
             add = np.asarray(extra(users, Ragged.from_lengths(cands, np.array([len(cands)]))),
                              dtype=np.float32)  # (m,)
-        top, top_s = rerank_one(cands, self._kernel_emb, u_rr, add, extra is not None, k)  # (k',)
+        by_slot = self.slot_emb is not None
+        table = self.slot_emb if by_slot else self._kernel_emb
+        top, top_s = rerank_one(slots, self.items, table, by_slot, u_rr, add, extra is not None, k)
         ok = np.isfinite(top_s)
         ids = np.full((1, k), -1, dtype=np.int64)
         scores = np.full((1, k), -np.inf, dtype=np.float32)
         ids[0, : len(top)] = np.where(ok, top, -1)
         scores[0, : len(top)] = np.where(ok, top_s, -np.inf)
-        return ids, scores, np.array([len(cands)], dtype=np.int64)
+        return ids, scores, np.array([len(slots)], dtype=np.int64)
 
     def _kernel_arrays(self) -> tuple[np.ndarray, tuple]:
         """The arrays as ``single.beam_one`` takes them: the prefix tables of layers 1..D-1

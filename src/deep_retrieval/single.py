@@ -13,7 +13,10 @@ hundred numbers); here the whole search is a few calls.
   ``allow`` when given. ``mark`` is a (V,) bool scratch array, all False on entry and again
   on return.
 - ``rerank_one``: inner product of each candidate's embedding with the user's, plus an
-  optional per-candidate term, then the top k, best first.
+  optional per-candidate term, then the top k, best first. The embeddings come from the (V, e)
+  item table or from a path-major copy (a row per entry of the path index, ``beam.path_major``):
+  there a path's candidates are consecutive rows, which a large catalogue's random row
+  gathers are not.
 
 Selection rule everywhere (``_top_sorted``): the k largest, sorted descending, ties to the
 lower position. numpy's ``argpartition`` breaks ties at the k-th place arbitrarily, so the
@@ -174,12 +177,14 @@ def _in_sorted(sorted_set, x):
 
 @njit(cache=True)
 def candidates_one(flat, path_ids, indptr, items, mark, drop, exclude, allow, use_allow):
-    """Distinct items on the paths ``flat`` (B,) after the filters -> (m,) int64.
+    """The distinct items on the paths ``flat`` (B,) after the filters, as slots -> (m,) int64.
 
-    ``drop`` item ids in any order (repeats and ids outside [0, V) are harmless); ``exclude``
-    and ``allow`` sorted distinct item ids, ``allow`` applied only when ``use_allow``. ``mark``
-    (V,) bool scratch, all False on entry and again on return: the dropped items are marked
-    first, so that the gather skips them as it skips an item already taken.
+    A slot is a position in ``items`` (the path index's item array, path by path): ``items[slots]``
+    are the candidates, in order of first appearance, and the slot of an item is that of its
+    first appearance. ``drop`` item ids in any order (repeats and ids outside [0, V) are
+    harmless); ``exclude`` and ``allow`` sorted distinct item ids, ``allow`` applied only when
+    ``use_allow``. ``mark`` (V,) bool scratch, all False on entry and again on return: the
+    dropped items are marked first, so that the gather skips them as it skips an item taken.
     """
     P, V = path_ids.shape[0], mark.shape[0]
     for v in drop:
@@ -202,18 +207,19 @@ def candidates_one(flat, path_ids, indptr, items, mark, drop, exclude, allow, us
             v = items[t]
             if not mark[v]:
                 mark[v] = True
-                out[c] = v
+                out[c] = t
                 c += 1
     for v in drop:
         if 0 <= v < V:
             mark[v] = False
     m = 0
     for i in range(c):
-        v = out[i]
+        t = out[i]
+        v = items[t]
         mark[v] = False
         if _in_sorted(exclude, v) or (use_allow and not _in_sorted(allow, v)):
             continue
-        out[m] = v
+        out[m] = t
         m += 1
     return out[:m]
 
@@ -228,13 +234,22 @@ def _dot(a, b):
 
 
 @njit(cache=True)
-def rerank_one(cands, item_emb, u, add, use_add, k):
-    """Top k of ``cands`` (m,) by ``item_emb[v] . u`` (+ ``add`` (m,) when ``use_add``):
-    -> ids (k',), scores (k',) float32, best first, k' = min(k, m)."""
-    m = cands.shape[0]
+def rerank_one(slots, items, table, by_slot, u, add, use_add, k):
+    """Top k of the candidates ``items[slots]`` (m,) by embedding . u (+ ``add`` (m,) when
+    ``use_add``) -> item ids (k', ) int64, scores (k',) float32, best first, k' = min(k, m).
+
+    ``table`` holds the embeddings by item (``table[items[slot]]``, the (V, e) matrix) or, when
+    ``by_slot``, by slot (``table[slot]``: the path-major copy, one row per (path, item) entry,
+    so that a path's candidates are read from consecutive rows).
+    """
+    m = slots.shape[0]
     s = np.empty(m, dtype=np.float32)
     for i in range(m):
-        acc = _dot(item_emb[cands[i]], u)
+        row = table[slots[i]] if by_slot else table[items[slots[i]]]
+        acc = _dot(row, u)
         s[i] = acc + add[i] if use_add else acc
     top = _top_sorted(s, k)
-    return cands[top], s[top]
+    ids = np.empty(top.shape[0], dtype=np.int64)
+    for i in range(top.shape[0]):
+        ids[i] = items[slots[top[i]]]
+    return ids, s[top]
