@@ -18,6 +18,9 @@ hundred numbers); here the whole search is a few calls.
   there a path's candidates are consecutive rows, which a large catalogue's random row
   gathers are not.
 
+The kernels release the GIL (``nogil``): a server's threads search concurrently; each thread
+brings its own ``mark`` array (``fast.Retriever`` keeps one per thread).
+
 Selection rule everywhere (``_top_sorted``): the k largest, sorted descending, ties to the
 lower position. numpy's ``argpartition`` breaks ties at the k-th place arbitrarily, so the
 two paths agree except between exactly equal floats (and on float rounding of the sums).
@@ -31,13 +34,13 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _worse(score, a, b):
     """Entry a ranks below entry b: a lower score, or the same score at a higher position."""
     return score[a] < score[b] or (score[a] == score[b] and a > b)
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _sift_down(heap, pos, size, score):
     while True:
         c = 2 * pos + 1
@@ -51,7 +54,7 @@ def _sift_down(heap, pos, size, score):
         pos = c
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _top_sorted(score, k):
     """Positions of the k largest entries of ``score`` (n,), sorted descending, ties to the lower.
 
@@ -78,7 +81,7 @@ def _top_sorted(score, k):
     return out
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _head(mlp, d, pre):
     """Layer d's MLP after its first Linear: ReLU, Linear, ... : (b, H) -> (b, K).
 
@@ -96,7 +99,7 @@ def _head(mlp, d, pre):
     return x
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def beam_one(u, B, K, D, w_user, b_user, tables, mlp):
     """Top paths of one user: u (e,) -> flat path ids (B',) int64, cumulative log p (B',) float32.
 
@@ -155,7 +158,7 @@ def beam_one(u, B, K, D, w_user, b_user, tables, mlp):
     return flat, cum
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _log_softmax_add(x, base):
     """``x = base + log_softmax(x)`` in place, x (K,) float32."""
     mx = x.max()
@@ -167,7 +170,7 @@ def _log_softmax_add(x, base):
         x[i] += shift
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def _in_sorted(sorted_set, x):
     if sorted_set.shape[0] == 0:
         return False
@@ -175,7 +178,7 @@ def _in_sorted(sorted_set, x):
     return p < sorted_set.shape[0] and sorted_set[p] == x
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def candidates_one(flat, path_ids, indptr, items, mark, drop, exclude, allow, use_allow):
     """The distinct items on the paths ``flat`` (B,) after the filters, as slots -> (m,) int64.
 
@@ -224,7 +227,7 @@ def candidates_one(flat, path_ids, indptr, items, mark, drop, exclude, allow, us
     return out[:m]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, nogil=True, fastmath=True)
 def _dot(a, b):
     """a . b of two (e,) float32 vectors; ``fastmath`` lets the sum vectorise (reassociated)."""
     acc = np.float32(0.0)
@@ -233,7 +236,7 @@ def _dot(a, b):
     return acc
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def rerank_one(slots, items, table, by_slot, u, add, use_add, k):
     """Top k of the candidates ``items[slots]`` (m,) by embedding . u (+ ``add`` (m,) when
     ``use_add``) -> item ids (k', ) int64, scores (k',) float32, best first, k' = min(k, m).
