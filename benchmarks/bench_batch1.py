@@ -7,7 +7,7 @@ For each case, the median of ``--users`` single-user calls (given the user embed
 encoder is the same for all three and not timed) of
 
 - ``fast.Retriever.search`` with n = 1 through the compiled kernels (``single.py``, the default),
-- the same Retriever with ``batch1_kernels = False`` (the numpy code that batches use),
+- the same Retriever with ``use_kernels = False`` (the numpy code that large batches use),
 - exact search: numpy ``item_emb @ u``, then ``argpartition`` and a sort of the top k,
 
 measured in turns in the same process (three rounds; the JSON keeps every round), plus the
@@ -82,7 +82,7 @@ def measure(case: dict, k: int, B: int, users: int) -> dict:
     E = np.asarray(r.item_emb)
     slow = Retriever.__new__(Retriever)
     slow.__setstate__(r.__getstate__())  # the same arrays, its own scratch
-    slow.batch1_kernels = False
+    slow.use_kernels = False
 
     def dr(ret):
         def call(i):

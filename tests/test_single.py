@@ -1,5 +1,6 @@
-"""One user's search through single.py's kernels (``Retriever.search`` with n = 1) against the
-batched numpy path of the same Retriever (n >= 2), and the kernels' top-k rule."""
+"""Users searched one by one through single.py's kernels (``Retriever.search`` with n <=
+``ONE_BY_ONE``, or path-major) against the batched numpy path of the same Retriever
+(``use_kernels = False``), and the kernels' top-k rule."""
 
 import numpy as np
 import pytest
@@ -54,9 +55,15 @@ def test_one_user_equals_the_batched_path(K, D, hidden, B):
     def extra(users, cands):  # a per-(user, item) term, the same on both paths
         return 0.01 * (cands.values % 7) + 0.1 * np.repeat(users, cands.lengths)
 
+    numpy_path = Retriever.__new__(Retriever)
+    numpy_path.__setstate__(r.__getstate__())
+    numpy_path.use_kernels = False
     for kw in [{}, {"drop": drop}, {"exclude": exclude}, {"allow": allow},
                {"drop": drop, "exclude": exclude, "allow": allow, "extra": extra}]:
-        want_ids, want_s, want_n = r.search(U, R, 9, B, **kw)  # (6, 9): the numpy path
+        want_ids, want_s, want_n = numpy_path.search(U, R, 9, B, **kw)  # (6, 9): the numpy path
+        block = r.search(U, R, 9, B, **kw)  # 6 <= ONE_BY_ONE users: one by one through the kernels
+        np.testing.assert_array_equal(block[2], want_n)
+        same_up_to_ties(block[0], block[1], want_ids, want_s)
         for u in range(6):
             one = {k: ([v[u]] if k == "drop" else v) for k, v in kw.items()}
             if "extra" in kw:  # the term sees the user's position among the n
@@ -111,7 +118,7 @@ def test_one_user_equals_the_numpy_path_on_a_trained_model():
     u_str, u_rr = m.user_embeddings(hist, "str"), m.user_embeddings(hist, "rr")
     fast = m.retriever()
     slow = Retriever.from_model(m)
-    slow.batch1_kernels = False
+    slow.use_kernels = False
     for B in (1, 5, 64):
         for u in range(len(hist)):
             args = (u_str[u : u + 1], u_rr[u : u + 1], 7, B)
@@ -136,6 +143,7 @@ def test_path_major_serves_the_same_answers(K, D, hidden, tmp_path):
     """With the path-major copy every user goes through the kernels, reading its embeddings by
     slot: the same answers as the item table's batched numpy path, with every filter and a term."""
     r, rng = random_retriever(K, D, hidden)
+    r.use_kernels = False  # the oracle: the item table through the numpy path
     pm, _ = random_retriever(K, D, hidden, path_major=True)
     assert r.slot_emb is None and pm.slot_emb.shape == (len(pm.items), pm.item_emb.shape[1])
     np.testing.assert_array_equal(pm.slot_emb, pm.item_emb[pm.items])

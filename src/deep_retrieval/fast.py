@@ -21,19 +21,20 @@ the histories, as ``recommend(exclude_history=True)`` does), ``exclude`` removes
 every user, ``allow`` keeps only the items it lists.
 
 A Retriever is safe to share between threads: ``search`` writes only to arrays it
-allocates, except one (V,) scratch array per thread (at batch 1).
+allocates, except one (V,) scratch array per thread (for the kernels and batch-1 candidates).
 
-One user at a time (``search`` with n = 1: a server's request, ``recommend`` of one history)
-goes through the compiled kernels of ``single.py`` instead of the numpy code below: the same
-algorithm and results (up to float rounding and the order of exactly tied scores), without
-numpy's per-call overhead, which dominates at batch 1. With the path-major copy every user
-goes through them, one at a time, reading its candidates' embeddings from consecutive rows:
-at 10^6 items and more a row-by-row gather from the (V, e) table waits on memory for each
-candidate, and that wait is most of a query (benchmarks/README.md).
+Small blocks of users (``search`` with n <= ``ONE_BY_ONE``: a server's request, or the few it
+batches together, ``recommend`` of one history) go one user at a time through the compiled
+kernels of ``single.py`` instead of the numpy code below: the same algorithm and results (up to
+float rounding and the order of exactly tied scores), without numpy's per-call overhead, which
+dominates small blocks. With the path-major copy every user goes through them, reading its
+candidates' embeddings from consecutive rows: at 10^6 items and more a row-by-row gather from
+the (V, e) table waits on memory for each candidate, and that wait is most of a query
+(benchmarks/README.md).
 
-Why numpy for batches: at batch 1 the work is a few (1, e) x (e, H) and (b, H) x (H, K) products and
-top-B selections over 5,000 scores; torch spends more in per-op dispatch than in
-arithmetic there, numpy's small matmuls and ``argpartition`` do not.
+Why numpy (not torch) for larger blocks: the work is a few (n, e) x (e, H) and (n*b, H) x
+(H, K) products and top-B selections over a few thousand scores per user; torch spends more in
+per-op dispatch than in arithmetic there, numpy's small matmuls and ``argpartition`` do not.
 """
 
 from __future__ import annotations
@@ -86,6 +87,7 @@ def _member(sorted_set: np.ndarray, x: np.ndarray) -> np.ndarray:
     return sorted_set[pos] == x
 
 
+ONE_BY_ONE = 8  # blocks of at most this many users go user by user through single.py's kernels
 DENSE_FRACTION = 1 / 8  # a user with more candidates than this share of V scores every item
 DENSE_BLOCK = 1 << 24  # most (users, V) scores computed at once for such users (64 MB)
 
@@ -123,7 +125,9 @@ class Retriever:
         self._local = threading.local()  # .stamp, .mark: (V,) per-thread scratch arrays
         self.H = b_user.shape[0] // D
         self._tables_stacked, self._mlp = self._kernel_arrays()  # as single.py's kernels take them
-        self.batch1_kernels = True  # one user through single.py; False: the numpy path (to compare)
+        # users of blocks of <= ONE_BY_ONE (of every block when path-major) go one by one through
+        # single.py's kernels; False: every block through the numpy path (to compare the two)
+        self.use_kernels = True
 
     def __getstate__(self) -> dict:  # copy / pickle: the per-thread scratch stays behind
         return {k: v for k, v in self.__dict__.items() if k != "_local"}
@@ -342,9 +346,9 @@ class Retriever:
     def _search(self, u_str, u_rr, k: int, B: int, drop: Ragged | None, exclude, allow, extra=None,
                 users: np.ndarray | None = None):
         n = u_rr.shape[0]
-        if n == 1 and self.batch1_kernels:
+        if n == 1 and self.use_kernels:
             return self._search_one(u_str[0], u_rr[0], k, B, drop, exclude, allow, extra, users)
-        if self.slot_emb is not None and self.batch1_kernels:  # path-major: every user alone
+        if self.use_kernels and (n <= ONE_BY_ONE or self.slot_emb is not None):  # user by user
             users = np.arange(n) if users is None else users
             parts = [self._search_one(u_str[i], u_rr[i], k, B,
                                       None if drop is None else drop.take(np.array([i])),
