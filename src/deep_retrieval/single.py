@@ -1,4 +1,5 @@
-"""One user's search in compiled code: the batch-1 half of ``fast.Retriever.search``.
+"""One user's search in compiled code: ``fast.Retriever.search`` for small blocks of users
+(up to ``fast.ONE_BY_ONE``, each user alone) and for every user of a path-major Retriever.
 
 The same algorithm as the batched numpy path (``fast.Retriever.beam``, ``candidates``, the
 filters, the inner-product rerank and the top-k), written as three numba kernels over the
