@@ -28,6 +28,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import json  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -83,13 +84,11 @@ def measure(case: dict, k: int, B: int, users: int, path_major: bool) -> dict:
     r, U, R, drop = case["r"], case["u_str"], case["u_rr"], case["drop"]
     n = min(users, len(U))
     E = np.asarray(r.item_emb)
-    slow = Retriever.__new__(Retriever)
-    slow.__setstate__(r.__getstate__())  # the same arrays, its own scratch
+    slow = copy.copy(r)  # the same arrays, its own scratch
     slow.use_kernels = False
     pm = None
     if path_major:  # the same arrays plus the path-major copy of the item embeddings
-        pm = Retriever.__new__(Retriever)
-        pm.__setstate__(r.__getstate__())
+        pm = copy.copy(r)
         pm.slot_emb = np.ascontiguousarray(E[r.items])
 
     def dr(ret):

@@ -121,7 +121,7 @@ class Retriever:
         self.item_emb = item_emb  # (V, e) float32 reranker output embeddings
         # (nnz, e) item_emb[items]: row t is the item at slot t of the path index (path-major),
         # or None; with it one user's candidates are read path by path from consecutive rows
-        self.slot_emb = np.ascontiguousarray(np.asarray(item_emb)[items]) if path_major else None
+        self.slot_emb = np.asarray(item_emb)[items] if path_major else None
         self._local = threading.local()  # .stamp, .mark: (V,) per-thread scratch arrays
         self.H = b_user.shape[0] // D
         self._tables_stacked, self._mlp = self._kernel_arrays()  # as single.py's kernels take them
@@ -346,14 +346,12 @@ class Retriever:
     def _search(self, u_str, u_rr, k: int, B: int, drop: Ragged | None, exclude, allow, extra=None,
                 users: np.ndarray | None = None):
         n = u_rr.shape[0]
-        if n == 1 and self.use_kernels:
-            return self._search_one(u_str[0], u_rr[0], k, B, drop, exclude, allow, extra, users)
         if self.use_kernels and (n <= ONE_BY_ONE or self.slot_emb is not None):  # user by user
             users = np.arange(n) if users is None else users
             parts = [self._search_one(u_str[i], u_rr[i], k, B,
-                                      None if drop is None else drop.take(np.array([i])),
+                                      drop if drop is None or n == 1 else drop.take(np.array([i])),
                                       exclude, allow, extra, users[i : i + 1]) for i in range(n)]
-            return tuple(np.concatenate(x) for x in zip(*parts, strict=True))
+            return parts[0] if n == 1 else tuple(np.concatenate(x) for x in zip(*parts, strict=True))
         paths, _ = self.beam(u_str, B)  # (n, B', D)
         items, row, lengths = self.candidates(to_flat(paths, self.K))  # (total,), (total,), (n,)
         if drop is not None or exclude is not None or allow is not None:
@@ -420,7 +418,7 @@ class Retriever:
             add = np.asarray(extra(users, Ragged.from_lengths(cands, np.array([len(cands)]))),
                              dtype=np.float32)  # (m,)
         by_slot = self.slot_emb is not None
-        table = self.slot_emb if by_slot else self._kernel_emb
+        table = self.slot_emb if by_slot else np.asarray(self.item_emb)  # a memory map's view
         top, top_s = rerank_one(slots, self.items, table, by_slot, u_rr, add, extra is not None, k)
         ok = np.isfinite(top_s)
         ids = np.full((1, k), -1, dtype=np.int64)
@@ -443,11 +441,6 @@ class Retriever:
                np.cumsum(sizes) - sizes, np.cumsum(shape[:, 1]) - shape[:, 1], L)
         tables = np.concatenate([np.zeros((0, self.H)), *self.tables[1:]]).astype(np.float32)
         return np.ascontiguousarray(tables), mlp
-
-    @property
-    def _kernel_emb(self) -> np.ndarray:
-        """The item embeddings as a plain ndarray (a memory map's view, no copy)."""
-        return np.asarray(self.item_emb)
 
     def _scores(self, items: np.ndarray, u: np.ndarray) -> np.ndarray:
         """Inner products of one user u (e,) with the given items (m,) -> (m,) float32.
