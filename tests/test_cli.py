@@ -162,8 +162,14 @@ def test_demo_quick(tmp_path):
     for f in ("report.md", "results.json", "paths.png", "training.png", "model/config.toml"):
         assert (out / f).is_file(), f
     res = json.loads((out / "results.json").read_text())
-    assert {r["method"] for r in res["results"]} == {"dr", "brute-force", "item-cf", "rp3beta", "ease",
-                                                     "popularity"}
+    assert {r["method"] for r in res["results"]} == {"dr", "brute-force", "dr+blend", "blend", "item-cf",
+                                                     "rp3beta", "ease", "popularity"}
+    # the baselines were tuned on the validation users, and the blend is the tuned RP3beta
+    assert res["tuned"]["item-cf"]["params"]["shrink"] in (0.0, 10.0)
+    assert res["tuned"]["ease"]["params"]["l2"] in (200.0, 500.0)
+    beta = res["tuned"]["rp3beta"]["params"]["beta"]
+    assert res["blend"]["scorer"] == f"rp3beta:alpha=0.5,beta={beta}"
+    assert res["blend"]["exclude_history"] and res["blend"]["w"] in (0.0, 0.25, 1.0, 4.0, 16.0, 64.0)
     assert {r["k"] for r in res["results"]} == {10, 50} and res["exclude_history"]
     assert -1 <= res["planted"]["path_cohesion_shuffled"] < res["planted"]["path_cohesion"] <= 1
     assert DeepRetrieval.load(out / "model").n_items == 1000

@@ -19,6 +19,7 @@ from typing import ClassVar, Self
 import numpy as np
 import scipy.sparse as sp
 import torch
+from numba import njit
 from safetensors.numpy import load_file, save_file
 from scipy.linalg import get_lapack_funcs
 
@@ -311,17 +312,27 @@ def rp3beta_neighbours(
     return W
 
 
-def _lookup(S: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
-    """(m,) float32 ``S[rows[j], cols[j]]`` of a CSR matrix with sorted indices (0 where absent)."""
-    V = S.shape[1]
-    keys = np.repeat(np.arange(S.shape[0], dtype=np.int64), np.diff(S.indptr)) * V + S.indices  # sorted
-    want = rows.astype(np.int64) * V + cols
-    out = np.zeros(len(want), dtype=np.float32)
-    if len(keys):
-        pos = np.minimum(np.searchsorted(keys, want), len(keys) - 1)
-        hit = keys[pos] == want
-        out[hit] = S.data[pos[hit]]
-    return out
+@njit(cache=True, nogil=True)
+def _item_item_scores(indptr, indices, data, h_values, h_offsets, c_values, c_offsets, out):
+    """``out[j] = sum over the distinct items i of history u of sim[i, c]`` for each candidate
+    c = ``c_values[j]`` of row u: what ``(binary history @ sim)[u, c]`` gives, summed in the
+    same order (history items ascending, float32), without building the (rows, V) product.
+    ``sim`` is (indptr, indices, data) of a CSR matrix; ``out`` (len(c_values),) float32."""
+    acc = np.zeros(len(indptr) - 1, dtype=np.float32)  # (V,) one user's scores, kept zero between rows
+    for u in range(len(h_offsets) - 1):
+        hist = np.sort(h_values[h_offsets[u]:h_offsets[u + 1]])
+        for t in range(len(hist)):
+            i = hist[t]
+            if t > 0 and i == hist[t - 1]:
+                continue  # the history as a set
+            for p in range(indptr[i], indptr[i + 1]):
+                acc[indices[p]] += data[p]
+        for j in range(c_offsets[u], c_offsets[u + 1]):
+            out[j] = acc[c_values[j]]
+        for t in range(len(hist)):  # clear only what this user touched
+            i = hist[t]
+            for p in range(indptr[i], indptr[i + 1]):
+                acc[indices[p]] = 0.0
 
 
 class _SparseItemItem(Recommender):
@@ -392,12 +403,11 @@ class _SparseItemItem(Recommender):
         V = self.sim.shape[0]
         _check_request(hist, V, 1)
         _check_candidates(hist, items, V)
+        W = self.sim
         out = np.zeros(len(items.values), dtype=np.float32)
-        for lo in range(0, len(hist), self.batch_size):
-            rows = np.arange(lo, min(len(hist), lo + self.batch_size))
-            c = items.take(rows)
-            S = self._scores(hist.take(rows))  # (b, V)
-            out[items.offsets[lo] : items.offsets[rows[-1] + 1]] = _lookup(S, c.row_ids(), c.values)
+        _item_item_scores(W.indptr, W.indices, W.data.astype(np.float32, copy=False),
+                          hist.values.astype(np.int64, copy=False), hist.offsets,
+                          items.values.astype(np.int64, copy=False), items.offsets, out)
         self.last_items_scored = items.lengths.copy()
         return Ragged(out, items.offsets.copy())
 
