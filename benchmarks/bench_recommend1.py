@@ -65,8 +65,8 @@ def main() -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     line = "; ".join(f"{n} {' / '.join(f'{x:.2f}' for x in v)} ms" for n, v in runs.items())
-    path.with_suffix(".md").write_text(f"`recommend` of one user, {a.model} (B = {m.config.beam.B}, k = {a.k}, "
-                                       f"{len(rows)} test users, medians per round): {line}\n")
+    head = f"`recommend` of one user, {a.model} (B = {m.config.beam.B}, k = {a.k}, {len(rows)} test users"
+    path.with_suffix(".md").write_text(f"{head}, medians per round): {line}\n")
     print(line)
 
 
