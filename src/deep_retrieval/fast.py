@@ -164,11 +164,8 @@ class Retriever:
                  for lin in seq if isinstance(lin, torch.nn.Linear)]
                 for seq in st.rest
             ]
-        return cls(
-            st.K, st.D, np.ascontiguousarray(w_user, dtype=np.float32), b_user.astype(np.float32),
-            tables, rest, index.path_ids, index.indptr, index.items,
-            np.asarray(item_emb, dtype=np.float32), path_major,
-        )
+        return cls(st.K, st.D, w_user, b_user, tables, rest, index.path_ids, index.indptr, index.items,
+                   np.asarray(item_emb, dtype=np.float32), path_major)  # __init__ makes w, b float32
 
     # ------------------------------------------------------------------ persistence
     def save(self, path) -> None:
