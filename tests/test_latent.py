@@ -148,3 +148,28 @@ def test_factor_cohesion_extremes():
     assert factor_cohesion(Ragged.from_lengths(np.array([0, 1, 2, 3]), pairs), F) == pytest.approx(1.0)
     assert factor_cohesion(Ragged.from_lengths(np.array([0, 2, 1, 3]), pairs), F) == pytest.approx(0.0)
     assert factor_cohesion(Ragged.from_lengths(np.array([0, 1]), np.array([1, 1])), F) == 0.0
+
+
+def test_demo_tunes_ease_only_where_it_fits(small, monkeypatch):
+    """`dr demo` tunes EASE where its items x items inverse fits and says why it left it out."""
+    from deep_retrieval import demo
+    from deep_retrieval.baselines import EASE
+
+    ds, _ = small
+    grids = {"item-cf": {"neighbours": [50], "shrink": [10.0]},
+             "rp3beta": {"alpha": [0.5], "beta": [0.2], "neighbours": [100]}, "ease": {"l2": [200.0]}}
+    lines = []
+    fitted, picks = demo.tuned_baselines(ds, grids, lines.append)
+    assert set(fitted) == set(picks) == {"item-cf", "rp3beta", "ease"}
+
+    class SmallEASE(EASE):
+        def __init__(self, l2: float = 500.0, max_items: int = 599, dtype: str = "float32"):
+            super().__init__(l2, max_items, dtype)
+
+    monkeypatch.setattr(demo, "EASE", SmallEASE)
+    tuned = (("item-cf", demo.ItemCF), ("rp3beta", demo.RP3beta), ("ease", SmallEASE))
+    monkeypatch.setattr(demo, "TUNED", tuned)
+    lines.clear()
+    fitted, picks = demo.tuned_baselines(ds, grids, lines.append)
+    assert set(fitted) == set(picks) == {"item-cf", "rp3beta"}
+    assert "demo: ease left out: 600 items is above its max_items (599; an items x items inverse)" in lines

@@ -133,6 +133,30 @@ def test_collect_scores_equals_dictionary_reference(seed):
     np.testing.assert_allclose(got.scores, ref.scores, rtol=1e-6)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    seed=st.integers(0, 2**31),
+    V=st.integers(1, 15),
+    N=st.integers(0, 60),
+    width=st.integers(1, 5),
+    S=st.integers(1, 6),
+    n_paths=st.integers(1, 10),
+    big=st.booleans(),
+    f32=st.booleans(),
+)
+def test_collect_scores_property(seed, V, N, width, S, n_paths, big, f32):
+    """Exact sums (dyadic probabilities), repeated paths within a row, empty slots, zero
+    probabilities, path ids beyond the dense limit, float32 or float64 input."""
+    rng = np.random.default_rng(seed)
+    targets = rng.integers(0, V, N)
+    paths = rng.integers(-1, n_paths, (N, width))
+    if big:  # flat ids of a deep grid: mapped to ranks and back
+        paths = np.where(paths >= 0, paths * 7_919_000_003 + 2**40, -1)
+    probs = (rng.integers(0, 16, (N, width)) / 16).astype(np.float32 if f32 else np.float64)
+    got = collect_scores(targets, paths, probs, V, S)
+    assert_tables_equal(got, reference_collect(targets, paths, probs, V, S))
+
+
 def test_merge_sum_of_chunks_equals_whole():
     rng = np.random.default_rng(5)
     V, N, Sp = 20, 300, 3

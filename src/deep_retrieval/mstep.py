@@ -53,26 +53,6 @@ class ScoreTable:
 
 
 # ----------------------------------------------------------------- collecting scores
-def _top_s(v: np.ndarray, c: np.ndarray, s: np.ndarray, V: int, S: int) -> ScoreTable:
-    """Table from distinct (item v, path c, score s) triples (U,) sorted by (v, c)."""
-    s32 = s.astype(np.float32)
-    if V < 2**31 and s32.min(initial=0) >= 0:  # one int64 key: item, then ~float bits
-        # (the bits of a float32 >= 0 order like the float; inverted: descending)
-        key = (v << 32) | (~s32.view(np.uint32)).astype(np.int64)
-        order = np.argsort(key, kind="stable")  # ties keep the input's path order
-    else:
-        order = np.lexsort((c, -s32, v))  # by item, score descending, path ascending
-    v, c, s32 = v[order], c[order], s32[order]
-    starts = np.zeros(V + 1, dtype=np.int64)
-    np.cumsum(np.bincount(v, minlength=V), out=starts[1:])
-    rank = np.arange(len(v), dtype=np.int64) - starts[v]  # (U,) rank within its item
-    keep = rank < S
-    out = ScoreTable.empty(V, S)
-    out.paths[v[keep], rank[keep]] = c[keep]
-    out.scores[v[keep], rank[keep]] = s32[keep]
-    return out
-
-
 def collect_scores(
     targets: np.ndarray, paths: np.ndarray, probs: np.ndarray, V: int, S: int
 ) -> ScoreTable:
@@ -80,36 +60,86 @@ def collect_scores(
 
     ``targets`` (N,) int64 items; ``paths`` (N, S') int64 flat ids that example i's
     beam returned (-1 = none); ``probs`` (N, S') p(c | x_i) of those paths (entries
-    with p <= 0 are skipped). Sums are exact (float64) over the whole input before
-    the top-S cut. Vectorised: one sort of (v, c) keys and a reduceat. Memory is
-    about 40 bytes per (example, path) entry: feed chunks and ``merge_sum`` them when
-    N * S' is large.
+    with p <= 0 are skipped). Sums are exact (float64, in the order of the input) over
+    the whole input before the top-S cut. One compiled pass (``_collect_kernel``): the
+    entries bucketed by item (a counting sort), each item's paths summed in a dense
+    scratch, its distinct paths sorted. Memory is about 16 bytes per (example, path)
+    entry: feed chunks and ``merge_sum`` them when N * S' is large.
     """
-    targets = np.asarray(targets, dtype=np.int64)
-    paths = np.asarray(paths, dtype=np.int64)
-    probs = np.asarray(probs)
+    targets = np.ascontiguousarray(targets, dtype=np.int64)
+    paths = np.ascontiguousarray(paths, dtype=np.int64)
+    probs = np.ascontiguousarray(probs)
+    if probs.dtype not in (np.float32, np.float64):
+        probs = probs.astype(np.float64)
     if paths.shape != probs.shape or paths.ndim != 2 or paths.shape[0] != len(targets):
         raise ValueError(f"need targets (N,), paths and probs (N, S'); got "
                          f"{targets.shape}, {paths.shape}, {probs.shape}")
     if len(targets) and (targets.min() < 0 or targets.max() >= V):
         raise ValueError(f"targets must lie in [0, {V})")
-    v = np.repeat(targets, paths.shape[1])  # (N*S',)
-    c = paths.reshape(-1)
-    p = probs.reshape(-1).astype(np.float64)
-    keep = (c >= 0) & (p > 0)
-    v, c, p = v[keep], c[keep], p[keep]
-    if len(v) == 0:
+    if paths.size == 0 or S < 1:
         return ScoreTable.empty(V, S)
-    n_c = int(c.max()) + 1
-    if V * n_c < 2**62:
-        order = np.argsort(v * n_c + c)  # composite key, one sort
-    else:
-        order = np.lexsort((c, v))
-    v, c, p = v[order], c[order], p[order]
-    first = np.ones(len(v), dtype=bool)  # first entry of each (v, c) group
-    first[1:] = (v[1:] != v[:-1]) | (c[1:] != c[:-1])
-    starts = np.flatnonzero(first)
-    return _top_s(v[starts], c[starts], np.add.reduceat(p, starts), V, S)
+    ids = None
+    if int(paths.max()) >= _DENSE_LIMIT:  # path ids by rank among those in play (order kept)
+        ids, inv = np.unique(paths, return_inverse=True)
+        paths = inv.reshape(paths.shape) - (1 if ids[0] < 0 else 0)
+        ids = ids[ids >= 0]
+    out_p, out_s = _collect_kernel(targets, paths, probs, V, S, int(paths.max()) + 1)
+    if ids is not None:
+        out_p = np.where(out_p >= 0, ids[out_p.clip(min=0)], -1)
+    return ScoreTable(out_p, out_s)
+
+
+@njit(cache=True)
+def _collect_kernel(targets, paths, probs, V, S, n_c):
+    """``collect_scores`` on path ids in [0, n_c) (-1 = none): (V, S) paths and scores."""
+    N, W = paths.shape
+    start = np.zeros(V + 1, dtype=np.int64)  # entries of item v: start[v] .. start[v + 1]
+    for i in range(N):
+        for k in range(W):
+            if paths[i, k] >= 0 and probs[i, k] > 0:
+                start[targets[i] + 1] += 1
+    for v in range(V):
+        start[v + 1] += start[v]
+    ent_c = np.empty(start[V], dtype=np.int64)
+    ent_p = np.empty(start[V], dtype=np.float64)
+    pos = start[:V].copy()
+    longest = 0
+    for v in range(V):
+        longest = max(longest, start[v + 1] - start[v])
+    for i in range(N):  # bucket by item, keeping the input's order within an item
+        v = targets[i]
+        for k in range(W):
+            if paths[i, k] >= 0 and probs[i, k] > 0:
+                ent_c[pos[v]] = paths[i, k]
+                ent_p[pos[v]] = np.float64(probs[i, k])
+                pos[v] += 1
+    acc = np.zeros(max(n_c, 1), dtype=np.float64)  # an item's sums by path; 0 = not seen
+    distinct = np.empty(longest, dtype=np.int64)
+    s32 = np.empty(longest, dtype=np.float32)
+    key = np.empty(longest, dtype=np.int64)
+    out_p = np.full((V, S), -1, dtype=np.int64)
+    out_s = np.zeros((V, S), dtype=np.float32)
+    for v in range(V):
+        m = 0
+        for e in range(start[v], start[v + 1]):
+            c = ent_c[e]
+            if acc[c] == 0.0:  # sums of p > 0 stay > 0
+                distinct[m] = c
+                m += 1
+            acc[c] += ent_p[e]
+        for j in range(m):
+            s32[j] = np.float32(acc[distinct[j]])
+            acc[distinct[j]] = 0.0
+        # one key per path: score descending (the bits of a float32 >= 0 order like the
+        # float; inverted), then path id ascending
+        bits = s32[:m].view(np.uint32)
+        for j in range(m):
+            key[j] = (np.int64(0xFFFFFFFF - bits[j]) << 32) | distinct[j]
+        order = np.argsort(key[:m])
+        for r in range(min(S, m)):
+            out_p[v, r] = distinct[order[r]]
+            out_s[v, r] = s32[order[r]]
+    return out_p, out_s
 
 
 # ------------------------------------------------------------- merging two tables

@@ -43,7 +43,7 @@ _PAIRS = 1 << 22  # (user, item) scores held at once while drawing
 class LatentConfig:
     """Sizes and knobs of the low-rank generator (the module docstring tells the story)."""
 
-    n_items: int = 5_000
+    n_items: int = 50_000  # the demo's catalogue (`dr demo`, `dr synth --preset latent`)
     n_users: int = 3_000
     n_interactions: int = 150_000
     dim: int = 16  # rank of the affinity
