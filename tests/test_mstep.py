@@ -157,6 +157,16 @@ def test_collect_scores_property(seed, V, N, width, S, n_paths, big, f32):
     assert_tables_equal(got, reference_collect(targets, paths, probs, V, S))
 
 
+def test_collect_scores_orders_scores_of_any_magnitude():
+    """Sums from 1e-30 to 1e30 (and a tie) rank by score descending, ties by path id."""
+    targets = np.zeros(6, dtype=np.int64)
+    paths = np.array([[4], [9], [2], [7], [5], [3]])
+    probs = np.array([[1e-30], [1e30], [3.0], [3.0], [1e-3], [2.0**90]])
+    got = collect_scores(targets, paths, probs, 1, 6)
+    assert got.paths[0].tolist() == [9, 3, 2, 7, 5, 4]
+    assert got.scores[0].tolist() == np.float32([1e30, 2.0**90, 3.0, 3.0, 1e-3, 1e-30]).tolist()
+
+
 def test_merge_sum_of_chunks_equals_whole():
     rng = np.random.default_rng(5)
     V, N, Sp = 20, 300, 3

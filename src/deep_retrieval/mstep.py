@@ -130,11 +130,12 @@ def _collect_kernel(targets, paths, probs, V, S, n_c):
         for j in range(m):
             s32[j] = np.float32(acc[distinct[j]])
             acc[distinct[j]] = 0.0
-        # one key per path: score descending (the bits of a float32 >= 0 order like the
-        # float; inverted), then path id ascending
+        # one key per path: score descending, then path id ascending (< 2^25 here). The
+        # bits of a float32 in [0, inf] order like the float and lie in [0, 0x7F800000], so
+        # 0x7FFFFFFF - bits is >= 0 and descending in the score
         bits = s32[:m].view(np.uint32)
         for j in range(m):
-            key[j] = (np.int64(0xFFFFFFFF - bits[j]) << 32) | distinct[j]
+            key[j] = (np.int64(0x7FFFFFFF - np.int64(bits[j])) << 32) | distinct[j]
         order = np.argsort(key[:m])
         for r in range(min(S, m)):
             out_p[v, r] = distinct[order[r]]
