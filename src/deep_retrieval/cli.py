@@ -686,7 +686,7 @@ def demo(out, force, seed, quick) -> None:
     too with --quick's 1,000 items; its items x items inverse does not fit 50,000); DR trained
     with the `demo` config and the tuned RP3beta as its blend (w picked on the validation
     users); every method scored on the test users, history excluded, with batch-1 latencies
-    of DR and of exact search over the same embeddings. About 3-4 minutes on 2 cores. Writes
+    of DR and of exact search over the same embeddings. About 4-5 minutes on 2 cores. Writes
     report.md, results.json, paths.png, training.png and model/ under --out."""
     from .demo import run_demo
 
