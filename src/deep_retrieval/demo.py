@@ -14,7 +14,7 @@ The data follow the two-tower model's own assumption (a user vector, an item vec
 softmax), where learned embeddings beat item-item counts. On ``dr synth``'s planted clusters
 Item-CF wins instead (docs/choices.md). The catalogue is large enough for DR's point: exact
 search over the reranker's 50,000 embeddings costs more than DR's beam and its candidates
-(about 5% of the catalogue); the report gives both batch-1 latencies, measured in the same run.
+(about a tenth of the catalogue); the report gives both batch-1 latencies, measured in the same run.
 At 5,000 items (the demo until stop 24) exact search was the faster one.
 """
 
