@@ -63,18 +63,21 @@ def test_rerank_returns_only_dr_candidates_ordered_by_the_scorer(dr, data):
         rr.recommend(hist, 0)
 
 
-def test_pick_blend_takes_the_best_validation_recall(dr, data):
+@pytest.mark.parametrize("exclude", [False, True])
+def test_pick_blend_takes_the_best_validation_recall(dr, data, exclude):
     from deep_retrieval.evaluate import evaluate
     from deep_retrieval.rerank import pick_blend
 
     scorer = RP3beta().fit(data)
-    blend, rows = pick_blend(dr, scorer, data, [0.0, 0.5, 4.0], eps=[0.01, 0.3], k=3)
+    blend, rows = pick_blend(dr, scorer, data, [0.0, 0.5, 4.0], eps=[0.01, 0.3], k=3,
+                             exclude_history=exclude, batch_size=7)
     assert [(r["w"], r["eps"]) for r in rows] == [(w, e) for e in (0.01, 0.3) for w in (0.0, 0.5, 4.0)]
-    for r in rows:  # each row is the validation recall of that blend over DR's candidates
+    for r in rows:  # each row is exactly what evaluate gives for that blend over DR's candidates
         b = Blend([dr.as_recommenders()["brute-force"], LogMean(scorer, r["eps"], data.n_items)],
                   [1.0, r["w"]], data.n_items)
-        want = evaluate(data, {"b": Reranked(dr, b)}, [3], split="val", latency_users=0)["results"][0]
-        assert r["recall"] == pytest.approx(want["recall"])
+        want = evaluate(data, {"b": Reranked(dr, b)}, [3], split="val", exclude_history=exclude,
+                        batch_size=7, latency_users=0)["results"][0]
+        assert (r["recall"], r["ndcg"]) == (want["recall"], want["ndcg"])
     best = max(rows, key=lambda r: r["recall"])
     assert (blend.weights[1], blend.parts[1].eps) == (best["w"], best["eps"])
     with pytest.raises(DRError, match="at least one weight"):

@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Self
 import numpy as np
 
 from .baselines import _select_top
-from .blend import Blend, LogMean
+from .blend import Blend, LogMean, distinct_lengths
 from .data.dataset import Dataset, Ragged, as_ragged, pad_ragged
 from .errors import DRError, InvalidInputError
+from .metrics import compute
 from .recommender import Recommender, pairs_in_history
 
 if TYPE_CHECKING:  # model.py imports this module
@@ -67,15 +68,18 @@ class Reranked(Recommender):
 
 def pick_blend(
     dr: DeepRetrieval, scorer: Recommender, dataset: Dataset, weights, eps=(0.01,), k: int = 10,
-    exclude_history: bool = False,
+    exclude_history: bool = False, batch_size: int = 256,
 ) -> tuple[Blend, list[dict]]:
     """``Blend([dr's reranker, LogMean(scorer, eps)], [1, w])`` with the (w, eps) whose
     ``Reranked(dr, blend)`` (at the model's B) has the best recall@k on the validation users
     (the first of equals); ``scorer`` comes fitted. Returns the blend and one row per (w, eps)
     tried: ``{"w", "eps", "recall", "ndcg"}``. Test users are never read.
-    """
-    from .evaluate import evaluate
 
+    Each row is what ``evaluate(dataset, {"b": Reranked(dr, blend(w, eps))}, [k], split="val")``
+    gives, computed once: the candidates, the reranker's scores and ``scorer``'s raw scores of
+    every validation user (in ``evaluate``'s batches), then for each (w, eps) the blend's sum
+    as ``Blend.score_items`` forms it and ``Reranked``'s top k.
+    """
     weights, eps = [float(w) for w in weights], [float(e) for e in eps]
     if not weights or not eps:
         raise InvalidInputError("pick_blend needs at least one weight and one eps")
@@ -84,11 +88,37 @@ def pick_blend(
     def blend(w: float, e: float) -> Blend:
         return Blend([reranker, LogMean(scorer, e, dataset.n_items)], [1.0, w], dataset.n_items)
 
+    s = dataset.split("val")
+    users = np.flatnonzero(s.truth.lengths > 0)
+    if len(users) == 0:
+        raise DRError("split 'val' has no user with ground truth")
+    hist, truth = s.hist.take(users), s.truth.take(users)
+    parts = []  # per batch: candidates padded (b, m), the reranker's and the scorer's scores
+    for lo in range(0, len(users), batch_size):
+        h = hist.take(np.arange(lo, min(len(users), lo + batch_size)))
+        cands = dr.candidates(h, None)
+        if exclude_history:  # as Reranked.recommend
+            keep = ~pairs_in_history(cands.row_ids(), cands.values, h)
+            cands = Ragged.from_lengths(cands.values[keep], np.bincount(cands.row_ids()[keep],
+                                                                         minlength=len(h)))
+        size = np.maximum(distinct_lengths(h), 1)[cands.row_ids()]  # as LogMean
+        ids, _ = pad_ragged(cands, int(cands.lengths.max(initial=0)))
+        parts.append((ids, reranker.score_items(h, cands).values,
+                      np.maximum(scorer.score_items(h, cands).values, 0) / size))
     rows = []
     for e in eps:
+        logs = [np.log(raw + e).astype(np.float32) for _, _, raw in parts]  # LogMean's values
         for w in weights:
-            r = evaluate(dataset, {"b": Reranked(dr, blend(w, e))}, [k], split="val",
-                         exclude_history=exclude_history, latency_users=0)["results"][0]
-            rows.append({"w": w, "eps": e, "recall": r["recall"], "ndcg": r["ndcg"]})
+            recs = []
+            for (ids, rr, _), lm in zip(parts, logs, strict=True):
+                out = np.zeros(len(rr), dtype=np.float32)  # Blend.score_items' sum, in its order
+                out += np.float32(1.0) * rr
+                if w != 0:
+                    out += np.float32(w) * lm
+                sc = np.zeros(ids.shape, dtype=np.float32)
+                sc[ids >= 0] = out
+                recs.append(_select_top(ids, sc, ids >= 0, k)[0])
+            m = compute(np.concatenate(recs), truth, [k])[k]
+            rows.append({"w": w, "eps": e, "recall": m["recall"], "ndcg": m["ndcg"]})
     best = max(rows, key=lambda r: r["recall"])
     return blend(best["w"], best["eps"]), rows
