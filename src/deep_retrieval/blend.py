@@ -37,6 +37,23 @@ def distinct_lengths(hist: Ragged) -> np.ndarray:
     return np.bincount(keys // max(base, 1), minlength=len(hist)).astype(np.int64)
 
 
+def history_mean(values: np.ndarray, hist: Ragged, items: Ragged) -> np.ndarray:
+    """(nnz,) float64 ``max(s, 0) / |h|`` of a scorer's ``values`` for ``items`` (rows of
+    ``hist``), |h| the row's distinct history items (at least 1): what ``LogMean`` takes the
+    log of."""
+    return np.maximum(values, 0) / np.maximum(distinct_lengths(hist), 1)[items.row_ids()]
+
+
+def weighted_sum(n: int, values: list, weights: list[float]) -> np.ndarray:
+    """(n,) float32 ``sum_c weights[c] * values[c]``, the parts in order, zero weights skipped
+    (their ``values`` may be None): the blend's score (``Blend.score_items``)."""
+    out = np.zeros(n, dtype=np.float32)
+    for v, w in zip(values, weights, strict=True):
+        if w != 0:
+            out += np.float32(w) * v
+    return out
+
+
 class _Scorer(Recommender):
     """``recommend`` over all items by ``score_items``; ``n_items`` comes from ``fit``."""
 
@@ -89,9 +106,8 @@ class LogMean(_Scorer):
 
     def score_items(self, histories, items) -> Ragged:
         hist, items = as_ragged(histories), as_ragged(items)
-        s = self.scorer.score_items(hist, items)  # same rows as items
-        size = np.maximum(distinct_lengths(hist), 1)[items.row_ids()]  # (nnz,)
-        out = np.log(np.maximum(s.values, 0) / size + self.eps).astype(np.float32)
+        mean = history_mean(self.scorer.score_items(hist, items).values, hist, items)
+        out = np.log(mean + self.eps).astype(np.float32)
         self.last_items_scored = items.lengths.copy()
         return Ragged(out, items.offsets.copy())
 

@@ -56,9 +56,9 @@ def tuned_baselines(ds, grids: dict, log=print) -> tuple[dict[str, Recommender],
     where its default ``max_items`` lets it fit."""
     fitted, picks = {}, {}
     for name, cls in TUNED:
-        if cls is EASE and ds.n_items > EASE().max_items:
+        if cls is EASE and ds.n_items > (limit := EASE().max_items):
             log(f"demo: ease left out: {ds.n_items:,} items is above its max_items "
-                f"({EASE().max_items:,}; an items x items inverse)")
+                f"({limit:,}; an items x items inverse)")
             continue
         t0 = time.perf_counter()
         t = tune(cls, grids[name], ds, "recall", KS[0], exclude_history=True, keep_best=True)

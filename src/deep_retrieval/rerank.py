@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Self
 import numpy as np
 
 from .baselines import _select_top
-from .blend import Blend, LogMean, distinct_lengths
+from .blend import Blend, LogMean, history_mean, weighted_sum
 from .data.dataset import Dataset, Ragged, as_ragged, pad_ragged
 from .errors import DRError, InvalidInputError
 from .metrics import compute
@@ -25,6 +25,25 @@ from .recommender import Recommender, pairs_in_history
 
 if TYPE_CHECKING:  # model.py imports this module
     from .model import DeepRetrieval
+
+
+def _candidates(dr: DeepRetrieval, hist: Ragged, B: int | None, exclude_history: bool) -> Ragged:
+    """The items on each user's B best paths (a row per history), the user's own items left out
+    when ``exclude_history``."""
+    cands = dr.candidates(hist, B)
+    if not exclude_history:
+        return cands
+    keep = ~pairs_in_history(cands.row_ids(), cands.values, hist)
+    return Ragged.from_lengths(cands.values[keep], np.bincount(cands.row_ids()[keep], minlength=len(hist)))
+
+
+def _top(cands: Ragged, values: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of each row of ``cands`` by ``values`` (nnz,): ids and scores (n, k), padded
+    -1 / -inf; ties keep the candidates' order."""
+    ids, _ = pad_ragged(cands, int(cands.lengths.max(initial=0)))  # (n, m) padded -1, in order
+    s = np.zeros(ids.shape, dtype=np.float32)
+    s[ids >= 0] = values
+    return _select_top(ids, s, ids >= 0, k)
 
 
 class Reranked(Recommender):
@@ -45,16 +64,8 @@ class Reranked(Recommender):
         if k < 1:
             raise DRError(f"k must be >= 1, got {k}")
         hist = as_ragged(histories)
-        cands = self.dr.candidates(hist, self.B)  # one row of item ids per user
-        if exclude_history:
-            keep = ~pairs_in_history(cands.row_ids(), cands.values, hist)
-            cands = Ragged.from_lengths(cands.values[keep], np.bincount(cands.row_ids()[keep],
-                                                                         minlength=len(hist)))
-        scores = self.scorer.score_items(hist, cands)  # same rows as cands
-        ids, _ = pad_ragged(cands, int(cands.lengths.max(initial=0)))  # (n, m) padded -1, in order
-        s = np.zeros(ids.shape, dtype=np.float32)
-        s[ids >= 0] = scores.values
-        out_i, out_s = _select_top(ids, s, ids >= 0, k)
+        cands = _candidates(self.dr, hist, self.B, exclude_history)
+        out_i, out_s = _top(cands, self.scorer.score_items(hist, cands).values, k)
         self.last_items_scored = cands.lengths.copy()
         return out_i, out_s
 
@@ -76,9 +87,9 @@ def pick_blend(
     tried: ``{"w", "eps", "recall", "ndcg"}``. Test users are never read.
 
     Each row is what ``evaluate(dataset, {"b": Reranked(dr, blend(w, eps))}, [k], split="val")``
-    gives, computed once: the candidates, the reranker's scores and ``scorer``'s raw scores of
+    gives, computed once: the candidates, the reranker's scores and ``scorer``'s history means of
     every validation user (in ``evaluate``'s batches), then for each (w, eps) the blend's sum
-    as ``Blend.score_items`` forms it and ``Reranked``'s top k.
+    (``weighted_sum``, as ``Blend.score_items``) and ``Reranked``'s top k (``_top``).
     """
     weights, eps = [float(w) for w in weights], [float(e) for e in eps]
     if not weights or not eps:
@@ -93,31 +104,18 @@ def pick_blend(
     if len(users) == 0:
         raise DRError("split 'val' has no user with ground truth")
     hist, truth = s.hist.take(users), s.truth.take(users)
-    parts = []  # per batch: candidates padded (b, m), the reranker's and the scorer's scores
+    parts = []  # per batch: the candidates, the reranker's scores, the scorer's history means
     for lo in range(0, len(users), batch_size):
         h = hist.take(np.arange(lo, min(len(users), lo + batch_size)))
-        cands = dr.candidates(h, None)
-        if exclude_history:  # as Reranked.recommend
-            keep = ~pairs_in_history(cands.row_ids(), cands.values, h)
-            cands = Ragged.from_lengths(cands.values[keep], np.bincount(cands.row_ids()[keep],
-                                                                         minlength=len(h)))
-        size = np.maximum(distinct_lengths(h), 1)[cands.row_ids()]  # as LogMean
-        ids, _ = pad_ragged(cands, int(cands.lengths.max(initial=0)))
-        parts.append((ids, reranker.score_items(h, cands).values,
-                      np.maximum(scorer.score_items(h, cands).values, 0) / size))
+        cands = _candidates(dr, h, None, exclude_history)
+        parts.append((cands, reranker.score_items(h, cands).values,
+                       history_mean(scorer.score_items(h, cands).values, h, cands)))
     rows = []
     for e in eps:
-        logs = [np.log(raw + e).astype(np.float32) for _, _, raw in parts]  # LogMean's values
+        logs = [np.log(mean + e).astype(np.float32) for _, _, mean in parts]  # LogMean's values
         for w in weights:
-            recs = []
-            for (ids, rr, _), lm in zip(parts, logs, strict=True):
-                out = np.zeros(len(rr), dtype=np.float32)  # Blend.score_items' sum, in its order
-                out += np.float32(1.0) * rr
-                if w != 0:
-                    out += np.float32(w) * lm
-                sc = np.zeros(ids.shape, dtype=np.float32)
-                sc[ids >= 0] = out
-                recs.append(_select_top(ids, sc, ids >= 0, k)[0])
+            recs = [_top(cands, weighted_sum(len(rr), [rr, lm], [1.0, w]), k)[0]
+                    for (cands, rr, _), lm in zip(parts, logs, strict=True)]
             m = compute(np.concatenate(recs), truth, [k])[k]
             rows.append({"w": w, "eps": e, "recall": m["recall"], "ndcg": m["ndcg"]})
     best = max(rows, key=lambda r: r["recall"])
