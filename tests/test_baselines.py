@@ -150,6 +150,39 @@ def test_popularity_order_equals_counts():
     np.testing.assert_array_equal(ids[0], expected[[1, 3, 4]])
 
 
+def test_popularity_after_counts_positions_from_the_history_length_by_hand(tmp_path):
+    # rows (positions 0, 1, 2, ...): [0, 1, 2], [1, 0], [3, 2, 2, 4]
+    rows = Ragged.from_lists([[0, 1, 2], [1, 0], [3, 2, 2, 4]])
+    split = Split(np.arange(1), Ragged.from_lists([[0]]), Ragged.from_lists([[1]]))
+    ds = Dataset(item_ids=np.arange(5), user_ids=np.arange(3), train=rows, train_users=np.arange(3),
+                 val=split, test=split)
+    rec = Popularity(after=True).fit(ds)
+    # counts at positions >= h, h = 0 (the plain counts) .. 4
+    by_h = {0: [2, 2, 3, 1, 1], 1: [1, 1, 3, 0, 1], 2: [0, 0, 2, 0, 1], 3: [0, 0, 0, 0, 1],
+            4: [0, 0, 0, 0, 0]}
+    hists = [[], [4], [3, 1], [0, 1, 2], [0, 1, 2, 3], [0, 1, 2, 3, 4]]
+    got = rec.score_items(hists, [list(range(5))] * len(hists))
+    for u, h in enumerate(hists):
+        np.testing.assert_array_equal(got.values[got.offsets[u]:got.offsets[u + 1]], by_h[min(len(h), 4)])
+    ids, scores = rec.recommend(hists, 5)
+    # ties: the higher plain count, then the lower index; plain counts (2, 2, 3, 1, 1)
+    np.testing.assert_array_equal(ids, [[2, 0, 1, 3, 4], [2, 0, 1, 4, 3], [2, 4, 0, 1, 3],
+                                        [4, 2, 0, 1, 3], [2, 0, 1, 3, 4], [2, 0, 1, 3, 4]])
+    np.testing.assert_array_equal(scores[2], [2, 1, 0, 0, 0])
+    ids, _ = rec.recommend([[4, 2]], 2, exclude_history=True)  # h = 2, items 4 and 2 masked
+    np.testing.assert_array_equal(ids, [[0, 1]])
+    rec.save(tmp_path / "after")
+    back = Popularity.load(tmp_path / "after")
+    assert back.after and back.stride == 4
+    np.testing.assert_array_equal(back.recommend(hists, 5)[0], rec.recommend(hists, 5)[0])
+    assert not Popularity.load(_saved(tmp_path / "plain", Popularity().fit(ds))).after
+
+
+def _saved(path, rec):
+    rec.save(path)
+    return path
+
+
 def test_load_wrong_kind_is_a_dr_error(tmp_path):
     ds = synthetic_dataset()
     Popularity().fit(ds).save(tmp_path / "pop")

@@ -162,6 +162,11 @@ class TestPopularityContract(RecommenderContract):
         return Popularity()
 
 
+class TestPopularityAfterContract(RecommenderContract):
+    def make(self, dataset):
+        return Popularity(after=True)
+
+
 class TestItemCFContract(RecommenderContract):
     def make(self, dataset):
         return ItemCF(neighbours=10, shrink=2.0)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from deep_retrieval.cli import main
+from deep_retrieval.errors import DRError
 from deep_retrieval.experiment import ExperimentConfig, run, summarise
 from tests.test_model import tiny_config
 
@@ -133,3 +134,14 @@ def test_without_dr_config_dr_trains_with_the_defaults(setup):
     want = Config()
     want.train.seed, want.train.progress = 1, False
     assert exp.dr(1).to_dict() == want.to_dict()
+
+
+def test_more_baselines_get_their_own_rows(setup, tmp_path):
+    exp = ExperimentConfig.from_toml(setup / "tiny_exp.toml")
+    exp.seeds, exp.hnsw, exp.baselines = (0,), False, ("popularity:after=true",)
+    out = run(exp, setup, tmp_path, log=lambda _: None)
+    assert "popularity:after=true" in out["summary"]
+    assert "| popularity:after=true |" in (tmp_path / "tiny" / "table.md").read_text()
+    exp.baselines = ("popularity:before=true",)
+    with pytest.raises(DRError, match="before"):
+        exp.validate()

@@ -156,26 +156,53 @@ class Popularity(Recommender):
     """Every user gets the most frequent training items (all items of ``dataset.train``).
 
     Scores are the counts; ties go to the lower item index.
+
+    ``after = True``: an item's score is its count at positions >= h of the training rows
+    (position 0 = a row's first item), h = the length of the user's history: what users took
+    once they had taken as many items as this user has. An empty history gets the plain
+    counts; ties go to the higher plain count, then the lower index. For time-ordered logs
+    in which what people take shifts along their histories (e.g. MovieLens' sign-up ratings).
     """
 
     name = "popularity"
 
-    def __init__(self) -> None:
+    def __init__(self, after: bool = False) -> None:
+        self.after = bool(after)
         self.counts: np.ndarray | None = None  # (V,) int64
         self.order: np.ndarray | None = None  # (V,) items by decreasing count
+        self.keys: np.ndarray | None = None  # after: (N,) sorted item * stride + position
+        self.stride = 1  # after: 1 + the largest position in a training row
 
-    def _set_counts(self, counts: np.ndarray) -> Self:
+    def _set_counts(self, counts: np.ndarray, keys: np.ndarray | None = None, stride: int = 1) -> Self:
         self.counts = np.asarray(counts, dtype=np.int64)
         self.order = np.argsort(-self.counts, kind="stable")
+        if self.after:
+            self.keys, self.stride = np.asarray(keys, dtype=np.int64), int(stride)
         return self
 
     def fit(self, dataset: Dataset) -> Self:
-        return self._set_counts(np.bincount(dataset.train.values, minlength=dataset.n_items))
+        r = dataset.train
+        pos = np.arange(len(r.values), dtype=np.int64) - np.repeat(r.offsets[:-1], r.lengths)  # (N,)
+        stride = int(pos.max(initial=0)) + 1
+        keys = np.sort(r.values.astype(np.int64) * stride + pos) if self.after else None
+        return self._set_counts(np.bincount(r.values, minlength=dataset.n_items), keys, stride)
 
     def _fitted(self) -> np.ndarray:
         if self.counts is None:
             raise DRError("popularity recommender is not fitted")
         return self.counts
+
+    def _after_counts(self, items: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """Occurrences of ``items[i]`` at positions >= ``h[i]`` of the training rows (same shapes)."""
+        base = items.astype(np.int64) * self.stride
+        lo = np.searchsorted(self.keys, base + np.minimum(h, self.stride))
+        return np.searchsorted(self.keys, base + self.stride) - lo
+
+    def _scores(self, items: np.ndarray, h: np.ndarray) -> np.ndarray:
+        """What ``recommend`` ranks by: the counts, or with ``after`` the counts after h."""
+        if not self.after:
+            return self._fitted()[items]
+        return np.where(h > 0, self._after_counts(items, h), self._fitted()[items])
 
     def recommend(self, histories, k: int, exclude_history: bool = False):
         counts = self._fitted()
@@ -188,29 +215,43 @@ class Popularity(Recommender):
         # at most |history| of the first k + |history| items are masked
         extra = int(hist.lengths.max(initial=0)) if exclude_history else 0
         w = min(V, k + extra)
-        ids = np.broadcast_to(self.order[:w], (n, w))  # (n, w)
+        if self.after:  # one ranking per distinct history length
+            ids = np.empty((n, w), dtype=np.int64)
+            for h in np.unique(hist.lengths):
+                s = self._scores(self.order, np.full(V, h))  # (V,) in plain-count order
+                ids[hist.lengths == h] = self.order[np.argsort(-s, kind="stable")[:w]]
+        else:
+            ids = np.broadcast_to(self.order[:w], (n, w))  # (n, w)
+        scores = self._scores(ids, np.broadcast_to(hist.lengths[:, None], ids.shape))
         keep = ~_in_history(ids, hist) if exclude_history else np.ones((n, w), bool)
-        return _select_top(ids, counts[ids].astype(np.float32), keep, k)
+        return _select_top(ids, scores.astype(np.float32), keep, k)
 
     def score_items(self, histories, items) -> Ragged:
-        """The counts of ``items[u]``, the same values ``recommend`` ranks (whatever the history)."""
-        counts = self._fitted()
+        """The scores of ``items[u]`` that ``recommend`` ranks by (the counts: whatever the
+        history; with ``after``: the counts after the history's length)."""
+        self._fitted()
         hist, items = as_ragged(histories), as_ragged(items)
-        _check_request(hist, len(counts), 1)
-        _check_candidates(hist, items, len(counts))
+        _check_request(hist, len(self.counts), 1)
+        _check_candidates(hist, items, len(self.counts))
         self.last_items_scored = items.lengths.copy()
-        return Ragged(counts[items.values].astype(np.float32), items.offsets.copy())
+        h = np.repeat(hist.lengths, items.lengths)  # (total,) each candidate's user's length
+        return Ragged(self._scores(items.values, h).astype(np.float32), items.offsets.copy())
 
     def save(self, path) -> None:
         counts = self._fitted()
+        extra = {"keys": self.keys, "stride": np.array(self.stride)} if self.after else {}
         with atomic_dir(path, "baseline") as tmp:
-            np.savez(tmp / "counts.npz", counts=counts)
-            atomic_write_json(tmp / META, {"name": self.name, "n_items": len(counts)})
+            np.savez(tmp / "counts.npz", counts=counts, **extra)
+            atomic_write_json(tmp / META, {"name": self.name, "n_items": len(counts), "after": self.after})
 
     @classmethod
     def load(cls, path) -> Self:
-        _read_meta(path, cls.name)
-        return cls()._set_counts(_load_npz(Path(path) / "counts.npz")["counts"])
+        meta = _read_meta(path, cls.name)
+        a = _load_npz(Path(path) / "counts.npz")
+        rec = cls(after=bool(meta.get("after", False)))
+        if rec.after:
+            return rec._set_counts(a["counts"], a["keys"], int(a["stride"]))
+        return rec._set_counts(a["counts"])
 
 
 # ------------------------------------------------------------------ item-item models

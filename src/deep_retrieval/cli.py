@@ -480,8 +480,9 @@ def beam(data, models, beams, ks, target, exclude_history, json_out, out, force)
 @click.option("--methods", required=True,
               help="Comma-separated: popularity, item-cf, rp3beta, ease, als (the `als` extra), "
                    "each optionally with parameters, e.g. rp3beta:alpha=0.8,beta=0.3,neighbours=200 "
-                   "or item-cf:neighbours=500,shrink=10; and trained model directories "
-                   "(each adds rows dr, brute-force and, with faiss, hnsw).")
+                   "or item-cf:neighbours=500,shrink=10 (popularity:after=true counts an item only "
+                   "at positions >= the user's history length of the training rows); and trained "
+                   "model directories (each adds rows dr, brute-force and, with faiss, hnsw).")
 @click.option("--k", "ks", default="10", show_default=True, help="Cut-offs M, e.g. 10,200.")
 @click.option("--split", default="test", show_default=True, help="test or val.")
 @click.option("--exclude-history", is_flag=True, help="Never recommend a user's history items.")

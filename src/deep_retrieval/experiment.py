@@ -19,6 +19,7 @@ force"; as many epochs as the softmax model DR serves, see ``twin_config``) and 
 the test users:
 
     item-cf, popularity                       the simple baselines
+    baselines = [...]                         more, as `dr evaluate --methods` names them
     rp3beta, ease                             item-item baselines, each tuned on the validation
                                               users (``tuning.GRIDS``, recall at the first k)
     youtube-dnn                               the twin: exact search over its own embeddings
@@ -104,6 +105,9 @@ class ExperimentConfig:
     rp3beta: bool = True  # RP3beta, its grid searched on the validation users
     ease: bool = True  # EASE likewise; a dense items x items inverse: false for large catalogues
     ease_l2: tuple[float, ...] = ()  # the l2 values tried (one inverse each); () = tuning.GRIDS
+    # more baselines, as `dr evaluate --methods` names them (e.g. "popularity:after=true"): fitted
+    # once, not tuned, each a row named by its spec
+    baselines: tuple[str, ...] = ()
     threads: int = 0  # torch threads; 0 = torch's default
     data: DataSection = field(default_factory=DataSection)
 
@@ -125,6 +129,10 @@ class ExperimentConfig:
             raise DRError(f"experiment {self.name}: ks must be integers >= 1")
         if not self.name or "/" in self.name or self.name.startswith("."):
             raise DRError(f"experiment name {self.name!r} cannot name a directory")
+        from .evaluate import baseline
+
+        for spec in self.baselines:
+            baseline(spec)  # an unknown name or parameter fails here, before any work
         return self
 
     def dr(self, seed: int) -> Config:
@@ -169,7 +177,7 @@ def twin_config(cfg: Config, dr_log: list[dict]) -> Config:
 def run(exp: ExperimentConfig, data_root, results_dir="results", log=print) -> dict:
     """Run the experiment and write ``results_dir/<name>/{results.json, table.md}``."""
     from .baselines import EASE, HNSW, ItemCF, Popularity, RP3beta
-    from .evaluate import _faiss_available, evaluate
+    from .evaluate import _faiss_available, baseline, evaluate
     from .model import DeepRetrieval
     from .tuning import GRIDS, tune
     from .youtube_dnn import YouTubeDNN
@@ -192,6 +200,7 @@ def run(exp: ExperimentConfig, data_root, results_dir="results", log=print) -> d
     t0 = time.perf_counter()
     base_methods = {"item-cf": ItemCF(exp.item_cf_neighbours, exp.item_cf_shrink).fit(ds),
                     "popularity": Popularity().fit(ds)}
+    base_methods.update({spec: baseline(spec).fit(ds) for spec in exp.baselines})
     tuned = {}
     for name, cls, on in (("rp3beta", RP3beta, exp.rp3beta), ("ease", EASE, exp.ease)):
         if on:
