@@ -318,7 +318,7 @@ def test_cli_blend_refuses_bad_inputs_before_writing(plain, data, tmp_path, caps
         assert not out.exists()
 
 
-@pytest.mark.parametrize("name", FITTED)
+@pytest.mark.parametrize("name", [*FITTED, "popularity:after=true"])
 def test_every_baseline_can_be_a_blend_scorer(name, plain, data, tmp_path):
     """Config checks a blend.scorer only by name: each baseline must score a candidate subset,
     and a model blended with it must save, load and rank as before."""
@@ -333,3 +333,4 @@ def test_every_baseline_can_be_a_blend_scorer(name, plain, data, tmp_path):
     assert (got.blend["scorer"], got.blend["w"]) == (name, 4.0)
     hist = data.test.hist
     np.testing.assert_array_equal(got.recommend(hist, 5)[0], m.recommend(hist, 5)[0])
+    assert getattr(got.blend_scorer, "after", False) == name.endswith("after=true")

@@ -182,10 +182,12 @@ class Popularity(Recommender):
 
     def fit(self, dataset: Dataset) -> Self:
         r = dataset.train
+        counts = np.bincount(r.values, minlength=dataset.n_items)
+        if not self.after:
+            return self._set_counts(counts)
         pos = np.arange(len(r.values), dtype=np.int64) - np.repeat(r.offsets[:-1], r.lengths)  # (N,)
         stride = int(pos.max(initial=0)) + 1
-        keys = np.sort(r.values.astype(np.int64) * stride + pos) if self.after else None
-        return self._set_counts(np.bincount(r.values, minlength=dataset.n_items), keys, stride)
+        return self._set_counts(counts, np.sort(r.values.astype(np.int64) * stride + pos), stride)
 
     def _fitted(self) -> np.ndarray:
         if self.counts is None:
