@@ -35,14 +35,11 @@ WEIGHTS = (0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 EPS = (0.01, 0.1, 1.0)
 
 
-def _rows(r: Ragged) -> list[np.ndarray]:
-    return [r.values[r.offsets[i] : r.offsets[i + 1]] for i in range(len(r))]
-
-
 def folds(ds: Dataset, n_folds: int, seed: int) -> list[Dataset]:
     """The fold data sets: train = the pool minus the fold, val = test = the fold (user-split)."""
-    pool = _rows(ds.train) + [np.concatenate([h, t]) for h, t in zip(_rows(ds.val.hist), _rows(ds.val.truth),
-                                                                      strict=True)]
+    v = ds.val
+    pool = [ds.train[i] for i in range(len(ds.train))] + [np.concatenate([v.hist[i], v.truth[i]])
+                                                          for i in range(len(v))]
     users = np.concatenate([ds.train_users, ds.val.users])
     perm = np.random.default_rng(seed).permutation(len(pool))
     out = []

@@ -175,12 +175,8 @@ def test_popularity_after_counts_positions_from_the_history_length_by_hand(tmp_p
     back = Popularity.load(tmp_path / "after")
     assert back.after and back.stride == 4
     np.testing.assert_array_equal(back.recommend(hists, 5)[0], rec.recommend(hists, 5)[0])
-    assert not Popularity.load(_saved(tmp_path / "plain", Popularity().fit(ds))).after
-
-
-def _saved(path, rec):
-    rec.save(path)
-    return path
+    Popularity().fit(ds).save(tmp_path / "plain")
+    assert not Popularity.load(tmp_path / "plain").after
 
 
 def test_load_wrong_kind_is_a_dr_error(tmp_path):

@@ -185,7 +185,7 @@ class Popularity(Recommender):
         counts = np.bincount(r.values, minlength=dataset.n_items)
         if not self.after:
             return self._set_counts(counts)
-        pos = np.arange(len(r.values), dtype=np.int64) - np.repeat(r.offsets[:-1], r.lengths)  # (N,)
+        pos = r.positions()  # (N,)
         stride = int(pos.max(initial=0)) + 1
         return self._set_counts(counts, np.sort(r.values.astype(np.int64) * stride + pos), stride)
 
@@ -201,10 +201,9 @@ class Popularity(Recommender):
         return np.searchsorted(self.keys, base + self.stride) - lo
 
     def _scores(self, items: np.ndarray, h: np.ndarray) -> np.ndarray:
-        """What ``recommend`` ranks by: the counts, or with ``after`` the counts after h."""
-        if not self.after:
-            return self._fitted()[items]
-        return np.where(h > 0, self._after_counts(items, h), self._fitted()[items])
+        """What ``recommend`` ranks by: the counts, or with ``after`` the counts after h (h = 0:
+        every position, the counts)."""
+        return self._after_counts(items, h) if self.after else self._fitted()[items]
 
     def recommend(self, histories, k: int, exclude_history: bool = False):
         counts = self._fitted()
@@ -231,10 +230,10 @@ class Popularity(Recommender):
     def score_items(self, histories, items) -> Ragged:
         """The scores of ``items[u]`` that ``recommend`` ranks by (the counts: whatever the
         history; with ``after``: the counts after the history's length)."""
-        self._fitted()
+        counts = self._fitted()
         hist, items = as_ragged(histories), as_ragged(items)
-        _check_request(hist, len(self.counts), 1)
-        _check_candidates(hist, items, len(self.counts))
+        _check_request(hist, len(counts), 1)
+        _check_candidates(hist, items, len(counts))
         self.last_items_scored = items.lengths.copy()
         h = np.repeat(hist.lengths, items.lengths)  # (total,) each candidate's user's length
         return Ragged(self._scores(items.values, h).astype(np.float32), items.offsets.copy())

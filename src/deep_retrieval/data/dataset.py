@@ -70,6 +70,10 @@ class Ragged:
         """(nnz,) the row of every value."""
         return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
 
+    def positions(self) -> np.ndarray:
+        """(nnz,) the position of every value in its row (0 = the row's first)."""
+        return np.arange(len(self.values), dtype=np.int64) - np.repeat(self.offsets[:-1], self.lengths)
+
     def take(self, rows: np.ndarray) -> Ragged:
         """The sub-ragged of the given rows, vectorised."""
         rows = np.asarray(rows, dtype=np.int64)

@@ -507,7 +507,7 @@ def _user_split(rng: np.random.Generator, seqs: Ragged, cfg: SynthConfig) -> Dat
         r = seqs.take(users)
         n = r.lengths  # (u,)
         h = n // 2
-        in_hist = (np.arange(len(r.values)) - np.repeat(r.offsets[:-1], n)) < np.repeat(h, n)
+        in_hist = r.positions() < np.repeat(h, n)
         hist = Ragged.from_lengths(r.values[in_hist], h)
         truth = Ragged.from_lengths(r.values[~in_hist], n - h)
         return Split(users.astype(np.int64), hist, truth)
